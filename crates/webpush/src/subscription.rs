@@ -1,0 +1,343 @@
+//! The browser's `PushSubscription`: parsing, validation and the redacted endpoint.
+//!
+//! Everything that enters pushfan as a subscription passes through [`PushSubscription::parse`]
+//! or [`PushSubscription::new`], so the rest of the system may assume a valid key on the curve,
+//! a 16-byte auth secret and an endpoint the [`EndpointPolicy`] allows.
+
+use std::fmt;
+
+use url::Url;
+
+use crate::b64;
+
+/// Length of an uncompressed SEC1 P-256 public key (`0x04 || x || y`).
+pub const P256_PUBLIC_KEY_LEN: usize = 65;
+/// Length of the subscription's authentication secret (RFC 8291 §3.2).
+pub const AUTH_SECRET_LEN: usize = 16;
+
+/// Why a subscription was refused. Each variant names the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscriptionError {
+    #[error("subscription is not valid JSON: {0}")]
+    Json(String),
+    #[error("subscription field `{0}` is missing or not a string")]
+    MissingField(&'static str),
+    #[error("endpoint is not a valid URL: {0}")]
+    EndpointNotUrl(String),
+    #[error("endpoint must use https, not `{0}`")]
+    EndpointNotHttps(String),
+    #[error("endpoint has no host")]
+    EndpointNoHost,
+    #[error("endpoint must not carry credentials")]
+    EndpointHasCredentials,
+    #[error("endpoint must not carry a fragment")]
+    EndpointHasFragment,
+    #[error("keys.p256dh is not base64url")]
+    P256dhNotBase64,
+    #[error("keys.p256dh must be a 65-byte uncompressed P-256 point, got {0} bytes")]
+    P256dhWrongLength(usize),
+    #[error("keys.p256dh is not an uncompressed point (first byte {0:#04x}, expected 0x04)")]
+    P256dhNotUncompressed(u8),
+    #[error("keys.p256dh is not a point on the P-256 curve")]
+    P256dhNotOnCurve,
+    #[error("keys.auth is not base64url")]
+    AuthNotBase64,
+    #[error("keys.auth must be 16 bytes, got {0}")]
+    AuthWrongLength(usize),
+    #[error("expirationTime must be a non-negative integer of milliseconds, got {0}")]
+    BadExpirationTime(String),
+}
+
+/// Which endpoints are acceptable. The default accepts only `https` URLs.
+///
+/// Plain `http` on loopback exists for the simulated push service in tests and demos; the SSRF
+/// guards of the gateway build on this same seam.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointPolicy {
+    /// Also accept `http://` endpoints whose host is a loopback address or `localhost`.
+    pub allow_http_loopback: bool,
+}
+
+impl EndpointPolicy {
+    /// Accepts `https` anywhere and `http` on loopback only.
+    pub const fn allow_http_loopback() -> Self {
+        Self { allow_http_loopback: true }
+    }
+}
+
+/// A push service endpoint: a secret capability URL.
+///
+/// `Debug` and `Display` show only the origin and a short fingerprint of the rest, so an endpoint
+/// can be logged without leaking the capability; [`Endpoint::as_str`] gives the full URL to the
+/// code that sends to it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint(Url);
+
+impl Endpoint {
+    /// Parses and validates an endpoint URL under `policy`.
+    pub fn parse(raw: &str, policy: EndpointPolicy) -> Result<Self, SubscriptionError> {
+        let url = Url::parse(raw).map_err(|e| SubscriptionError::EndpointNotUrl(e.to_string()))?;
+        let host = url.host().ok_or(SubscriptionError::EndpointNoHost)?;
+        match url.scheme() {
+            "https" => {}
+            "http" if policy.allow_http_loopback && is_loopback(&host) => {}
+            other => return Err(SubscriptionError::EndpointNotHttps(other.to_owned())),
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(SubscriptionError::EndpointHasCredentials);
+        }
+        if url.fragment().is_some() {
+            return Err(SubscriptionError::EndpointHasFragment);
+        }
+        Ok(Self(url))
+    }
+
+    /// The full URL. Treat it as a secret: do not log it.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The parsed URL. Treat it as a secret: do not log it.
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
+
+    /// `scheme://host[:port]`, the VAPID audience and the key for per-push-service state.
+    pub fn origin(&self) -> String {
+        self.0.origin().ascii_serialization()
+    }
+
+    /// The origin plus a fingerprint of the secret part, safe for logs and error messages.
+    pub fn redacted(&self) -> String {
+        format!("{}/…#{:08x}", self.origin(), fnv1a(self.0.as_str().as_bytes()) as u32)
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Endpoint").field(&self.redacted()).finish()
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+fn is_loopback(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    }
+}
+
+/// A short, stable, non-cryptographic fingerprint: enough to tell endpoints apart in logs
+/// without revealing them.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// The user agent's keys: what a sender needs to encrypt for one subscription.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SubscriptionKeys {
+    p256dh: [u8; P256_PUBLIC_KEY_LEN],
+    auth: [u8; AUTH_SECRET_LEN],
+}
+
+impl SubscriptionKeys {
+    /// Validates raw key bytes: `p256dh` must be an uncompressed point on P-256, `auth` 16 bytes.
+    pub fn from_bytes(p256dh: &[u8], auth: &[u8]) -> Result<Self, SubscriptionError> {
+        let p256dh = validate_p256dh(p256dh)?;
+        let auth: [u8; AUTH_SECRET_LEN] =
+            auth.try_into().map_err(|_| SubscriptionError::AuthWrongLength(auth.len()))?;
+        Ok(Self { p256dh, auth })
+    }
+
+    /// Decodes and validates the base64url strings a browser gives (padding optional).
+    pub fn from_base64(p256dh: &str, auth: &str) -> Result<Self, SubscriptionError> {
+        let p256dh = b64::decode(p256dh).map_err(|_| SubscriptionError::P256dhNotBase64)?;
+        let auth = b64::decode(auth).map_err(|_| SubscriptionError::AuthNotBase64)?;
+        Self::from_bytes(&p256dh, &auth)
+    }
+
+    /// The user agent's public key, 65 bytes uncompressed.
+    pub fn p256dh(&self) -> &[u8; P256_PUBLIC_KEY_LEN] {
+        &self.p256dh
+    }
+
+    /// The authentication secret.
+    pub fn auth(&self) -> &[u8; AUTH_SECRET_LEN] {
+        &self.auth
+    }
+}
+
+impl fmt::Debug for SubscriptionKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The auth secret is a secret; the public key is not, but it identifies a user agent.
+        f.debug_struct("SubscriptionKeys").finish_non_exhaustive()
+    }
+}
+
+fn validate_p256dh(bytes: &[u8]) -> Result<[u8; P256_PUBLIC_KEY_LEN], SubscriptionError> {
+    let key: [u8; P256_PUBLIC_KEY_LEN] =
+        bytes.try_into().map_err(|_| SubscriptionError::P256dhWrongLength(bytes.len()))?;
+    if key[0] != 0x04 {
+        return Err(SubscriptionError::P256dhNotUncompressed(key[0]));
+    }
+    p256::PublicKey::from_sec1_bytes(&key).map_err(|_| SubscriptionError::P256dhNotOnCurve)?;
+    Ok(key)
+}
+
+/// A validated `PushSubscription`, as `PushSubscription.toJSON()` gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushSubscription {
+    /// Where to send; a secret.
+    pub endpoint: Endpoint,
+    /// The keys to encrypt for.
+    pub keys: SubscriptionKeys,
+    /// When the push service will expire the subscription, in milliseconds since the Unix epoch.
+    pub expiration_time: Option<u64>,
+}
+
+impl PushSubscription {
+    /// Parses the JSON of `PushSubscription.toJSON()` and validates every field.
+    pub fn parse(json: &str, policy: EndpointPolicy) -> Result<Self, SubscriptionError> {
+        let raw: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| SubscriptionError::Json(e.to_string()))?;
+        fn text<'a>(
+            value: Option<&'a serde_json::Value>,
+            name: &'static str,
+        ) -> Result<&'a str, SubscriptionError> {
+            value.and_then(|v| v.as_str()).ok_or(SubscriptionError::MissingField(name))
+        }
+        let endpoint = text(raw.get("endpoint"), "endpoint")?;
+        let keys = raw.get("keys");
+        let p256dh = text(keys.and_then(|k| k.get("p256dh")), "keys.p256dh")?;
+        let auth = text(keys.and_then(|k| k.get("auth")), "keys.auth")?;
+        let expiration_time = match raw.get("expirationTime") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(value) => {
+                Some(value.as_u64().ok_or_else(|| SubscriptionError::BadExpirationTime(value.to_string()))?)
+            }
+        };
+        let mut subscription = Self::new(endpoint, p256dh, auth, policy)?;
+        subscription.expiration_time = expiration_time;
+        Ok(subscription)
+    }
+
+    /// Validates the three fields a subscription is made of.
+    pub fn new(
+        endpoint: &str,
+        p256dh: &str,
+        auth: &str,
+        policy: EndpointPolicy,
+    ) -> Result<Self, SubscriptionError> {
+        Ok(Self {
+            endpoint: Endpoint::parse(endpoint, policy)?,
+            keys: SubscriptionKeys::from_base64(p256dh, auth)?,
+            expiration_time: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 8291 Appendix A.
+    const UA_PUBLIC: &str =
+        "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
+    const AUTH: &str = "BTBZMqHH6r4Tts7J_aSIgg";
+    const ENDPOINT: &str = "https://fcm.googleapis.com/fcm/send/dGhpcyBpcyBzZWNyZXQ:APA91bH";
+
+    fn json(endpoint: &str, p256dh: &str, auth: &str) -> String {
+        format!(
+            r#"{{"endpoint":"{endpoint}","expirationTime":null,"keys":{{"p256dh":"{p256dh}","auth":"{auth}"}}}}"#
+        )
+    }
+
+    fn parse(endpoint: &str, p256dh: &str, auth: &str) -> Result<PushSubscription, SubscriptionError> {
+        PushSubscription::parse(&json(endpoint, p256dh, auth), EndpointPolicy::default())
+    }
+
+    #[test]
+    fn parses_a_browser_subscription() {
+        let sub = parse(ENDPOINT, UA_PUBLIC, AUTH).unwrap();
+        assert_eq!(sub.endpoint.as_str(), ENDPOINT);
+        assert_eq!(sub.endpoint.origin(), "https://fcm.googleapis.com");
+        assert_eq!(sub.keys.p256dh()[0], 4);
+        assert_eq!(sub.expiration_time, None);
+    }
+
+    #[test]
+    fn accepts_padded_base64url_and_an_expiration_time() {
+        let json = format!(
+            r#"{{"endpoint":"{ENDPOINT}","expirationTime":1700000000000,"keys":{{"p256dh":"{UA_PUBLIC}=","auth":"{AUTH}=="}}}}"#
+        );
+        let sub = PushSubscription::parse(&json, EndpointPolicy::default()).unwrap();
+        assert_eq!(sub.expiration_time, Some(1_700_000_000_000));
+    }
+
+    #[test]
+    fn every_malformed_field_is_named() {
+        use SubscriptionError::*;
+        let short_key = &UA_PUBLIC[..40];
+        let off_curve = {
+            let mut key = b64::decode(UA_PUBLIC).unwrap();
+            key[64] ^= 1;
+            b64::encode(&key)
+        };
+        let compressed = {
+            let mut key = b64::decode(UA_PUBLIC).unwrap();
+            key[0] = 2;
+            b64::encode(&key)
+        };
+        let auth15 = b64::encode(&[7u8; 15]);
+        let cases: Vec<(Result<PushSubscription, SubscriptionError>, SubscriptionError)> = vec![
+            (parse("http://push.example/x", UA_PUBLIC, AUTH), EndpointNotHttps("http".into())),
+            (parse("not a url", UA_PUBLIC, AUTH), EndpointNotUrl("relative URL without a base".into())),
+            (parse("https://u:p@push.example/x", UA_PUBLIC, AUTH), EndpointHasCredentials),
+            (parse(ENDPOINT, short_key, AUTH), P256dhWrongLength(30)),
+            (parse(ENDPOINT, &off_curve, AUTH), P256dhNotOnCurve),
+            (parse(ENDPOINT, &compressed, AUTH), P256dhNotUncompressed(2)),
+            (parse(ENDPOINT, "***", AUTH), P256dhNotBase64),
+            (parse(ENDPOINT, UA_PUBLIC, &auth15), AuthWrongLength(15)),
+            (parse(ENDPOINT, UA_PUBLIC, "@@"), AuthNotBase64),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got.unwrap_err(), want);
+        }
+        let parse_json = |json: &str| PushSubscription::parse(json, EndpointPolicy::default()).unwrap_err();
+        assert_eq!(parse_json(r#"{"endpoint": 3}"#), MissingField("endpoint"));
+        assert_eq!(parse_json(&format!(r#"{{"endpoint": "{ENDPOINT}"}}"#)), MissingField("keys.p256dh"));
+        assert!(matches!(parse_json("{"), Json(_)));
+        let negative = json(ENDPOINT, UA_PUBLIC, AUTH).replace("null", "-1");
+        assert_eq!(parse_json(&negative), BadExpirationTime("-1".into()));
+    }
+
+    #[test]
+    fn http_only_on_loopback_and_only_when_allowed() {
+        let policy = EndpointPolicy::allow_http_loopback();
+        assert!(Endpoint::parse("http://127.0.0.1:8080/p/1", policy).is_ok());
+        assert!(Endpoint::parse("http://[::1]:8080/p/1", policy).is_ok());
+        assert!(Endpoint::parse("http://localhost/p/1", policy).is_ok());
+        assert_eq!(
+            Endpoint::parse("http://10.0.0.1/p/1", policy),
+            Err(SubscriptionError::EndpointNotHttps("http".into()))
+        );
+        assert!(Endpoint::parse("http://127.0.0.1/p/1", EndpointPolicy::default()).is_err());
+    }
+
+    #[test]
+    fn endpoints_are_redacted_in_logs() {
+        let endpoint = Endpoint::parse(ENDPOINT, EndpointPolicy::default()).unwrap();
+        for shown in [format!("{endpoint}"), format!("{endpoint:?}")] {
+            assert!(!shown.contains("dGhpcyBpcyBzZWNyZXQ"), "{shown}");
+            assert!(shown.contains("https://fcm.googleapis.com/…#"), "{shown}");
+        }
+        let other = Endpoint::parse("https://fcm.googleapis.com/fcm/send/other", EndpointPolicy::default());
+        assert_ne!(endpoint.redacted(), other.unwrap().redacted());
+    }
+}
