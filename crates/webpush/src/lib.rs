@@ -1,12 +1,23 @@
 //! The Web Push standards core of pushfan.
 //!
 //! - [`subscription`]: the browser's `PushSubscription`, validated; endpoints redacted in logs.
+//! - [`ece`]: RFC 8188 `aes128gcm` content coding.
+//! - [`message`]: RFC 8291 message encryption (and the legacy `aesgcm` draft), padding, and the
+//!   user agent's side for decryption.
+//! - [`Backend`]: AWS-LC (default) or RustCrypto, byte-identical.
 //!
 //! Architecture invariant: this crate does no I/O (no sockets, files, clocks or environment);
 //! callers pass the time in. Everything here is deterministic except the random ephemeral keys
 //! and salts that encryption requires.
 
 pub mod b64;
+mod backend;
+pub mod ece;
+pub mod message;
 pub mod subscription;
 
+pub use backend::Backend;
+pub use message::{
+    encrypt, AesgcmParams, ContentEncoding, DecryptError, EncryptError, EncryptedPush, Padding, UserAgentKeys,
+};
 pub use subscription::{Endpoint, EndpointPolicy, PushSubscription, SubscriptionError, SubscriptionKeys};
