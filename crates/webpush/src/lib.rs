@@ -4,6 +4,7 @@
 //! - [`ece`]: RFC 8188 `aes128gcm` content coding.
 //! - [`message`]: RFC 8291 message encryption (and the legacy `aesgcm` draft), padding, and the
 //!   user agent's side for decryption.
+//! - [`vapid`]: RFC 8292 keys, tokens, a per-origin token cache, and verification.
 //! - [`Backend`]: AWS-LC (default) or RustCrypto, byte-identical.
 //!
 //! Architecture invariant: this crate does no I/O (no sockets, files, clocks or environment);
@@ -15,6 +16,7 @@ mod backend;
 pub mod ece;
 pub mod message;
 pub mod subscription;
+pub mod vapid;
 
 pub use backend::Backend;
 pub use message::{
