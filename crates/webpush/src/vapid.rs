@@ -175,12 +175,12 @@ impl Subject {
                 return Err(VapidError::SubjectLocalhost);
             }
             address
-        } else if text.starts_with("https:") {
+        } else if let Some(rest) = text.strip_prefix("https:") {
             let url = url::Url::parse(text).map_err(|_| VapidError::SubjectScheme(text.to_owned()))?;
             if url.host_str().is_none_or(is_localhost) {
                 return Err(VapidError::SubjectLocalhost);
             }
-            &text["https:".len()..]
+            rest
         } else {
             return Err(VapidError::SubjectScheme(text.to_owned()));
         };
