@@ -1,0 +1,200 @@
+//! The in-process bus for `pushfan standalone`: bounded tokio channels, one per consumer group
+//! and topic, with the same contract as Kafka where it applies.
+//!
+//! - Bounded: a full group queue makes [`Bus::send`] wait (backpressure), and fail with
+//!   [`BusError::Backpressure`] after the configured wait.
+//! - Groups: members of one group share its queue; each group gets its own copy of each record.
+//!   Records sent before any group joined a topic are kept for the first group that joins.
+//! - Acks: an [`Ack`] dropped without acking puts its record back at the front of the group's
+//!   queue, so work a crashed handler task held is done by another member. Durability ends with
+//!   the process, which is what standalone mode accepts.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use metrics::counter;
+use tokio::sync::{mpsc, Notify};
+
+use crate::bus::{Ack, AckInner, Bus, Incoming, Subscription};
+use crate::envelope::Record;
+use crate::error::BusError;
+use crate::topic::Topic;
+
+/// Sizing of the embedded bus.
+#[derive(Clone, Debug)]
+pub struct EmbeddedConfig {
+    /// Records each group's queue holds before senders wait.
+    pub queue_capacity: usize,
+    /// How long a send waits for room before failing with [`BusError::Backpressure`].
+    pub send_timeout: Duration,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        Self { queue_capacity: 1024, send_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// The in-process bus. Cloning shares it.
+#[derive(Clone, Debug)]
+pub struct EmbeddedBus {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: EmbeddedConfig,
+    topics: Mutex<HashMap<Topic, TopicQueues>>,
+}
+
+#[derive(Debug, Default)]
+struct TopicQueues {
+    groups: HashMap<String, Arc<GroupQueue>>,
+    /// Holds records sent while no group has joined yet; the first group adopts it.
+    unclaimed: Option<Arc<GroupQueue>>,
+}
+
+/// One consumer group's queue on one topic.
+#[derive(Debug)]
+struct GroupQueue {
+    topic: Topic,
+    sender: mpsc::Sender<Record>,
+    receiver: tokio::sync::Mutex<mpsc::Receiver<Record>>,
+    /// Records whose ack was dropped; served before new records.
+    redeliveries: Mutex<VecDeque<Record>>,
+    redelivery_added: Notify,
+}
+
+impl GroupQueue {
+    fn new(topic: Topic, capacity: usize) -> Arc<Self> {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        Arc::new(Self {
+            topic,
+            sender,
+            receiver: tokio::sync::Mutex::new(receiver),
+            redeliveries: Mutex::new(VecDeque::new()),
+            redelivery_added: Notify::new(),
+        })
+    }
+
+    fn pop_redelivery(&self) -> Option<Record> {
+        self.redeliveries.lock().unwrap_or_else(PoisonError::into_inner).pop_front()
+    }
+
+    fn redeliver(&self, record: Record) {
+        self.redeliveries.lock().unwrap_or_else(PoisonError::into_inner).push_back(record);
+        counter!("pushfan_bus_redelivered_total", "topic" => self.topic.name()).increment(1);
+        // `notify_one` stores a permit when nobody waits, so a receiver never misses it.
+        self.redelivery_added.notify_one();
+    }
+}
+
+impl EmbeddedBus {
+    /// An empty bus.
+    pub fn new(config: EmbeddedConfig) -> Self {
+        Self { shared: Arc::new(Shared { config, topics: Mutex::new(HashMap::new()) }) }
+    }
+
+    /// The queues a record sent to `topic` goes into.
+    fn queues_for_send(&self, topic: Topic) -> Vec<Arc<GroupQueue>> {
+        let mut topics = self.shared.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        let queues = topics.entry(topic).or_default();
+        if queues.groups.is_empty() {
+            let capacity = self.shared.config.queue_capacity;
+            vec![Arc::clone(queues.unclaimed.get_or_insert_with(|| GroupQueue::new(topic, capacity)))]
+        } else {
+            queues.groups.values().cloned().collect()
+        }
+    }
+}
+
+impl Bus for EmbeddedBus {
+    type Subscription = EmbeddedSubscription;
+
+    async fn send(&self, topic: Topic, record: Record) -> Result<(), BusError> {
+        let waited = self.shared.config.send_timeout;
+        for queue in self.queues_for_send(topic) {
+            match tokio::time::timeout(waited, queue.sender.send(record.clone())).await {
+                Ok(Ok(())) => {}
+                // The queue owns its receiver, so the channel never closes while `queue` lives;
+                // a full queue past the wait is backpressure either way.
+                Ok(Err(_)) | Err(_) => {
+                    counter!("pushfan_bus_produce_errors_total", "topic" => topic.name(), "error" => "backpressure")
+                        .increment(1);
+                    return Err(BusError::Backpressure { topic, waited });
+                }
+            }
+        }
+        counter!("pushfan_bus_produced_total", "topic" => topic.name()).increment(1);
+        Ok(())
+    }
+
+    fn subscribe(&self, topic: Topic, group: &str) -> Result<EmbeddedSubscription, BusError> {
+        let mut topics = self.shared.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        let queues = topics.entry(topic).or_default();
+        let capacity = self.shared.config.queue_capacity;
+        let queue = match queues.groups.get(group) {
+            Some(queue) => Arc::clone(queue),
+            None => {
+                let queue = queues.unclaimed.take().unwrap_or_else(|| GroupQueue::new(topic, capacity));
+                queues.groups.insert(group.to_owned(), Arc::clone(&queue));
+                queue
+            }
+        };
+        Ok(EmbeddedSubscription { queue })
+    }
+}
+
+/// A member of one consumer group on the embedded bus.
+#[derive(Debug)]
+pub struct EmbeddedSubscription {
+    queue: Arc<GroupQueue>,
+}
+
+impl EmbeddedSubscription {
+    fn incoming(&self, record: Record) -> Incoming {
+        let ack = EmbeddedAck { record: Some(record.clone()), queue: Arc::downgrade(&self.queue) };
+        Incoming { record, position: None, ack: Ack(AckInner::Embedded(ack)) }
+    }
+}
+
+impl Subscription for EmbeddedSubscription {
+    async fn recv(&mut self) -> Result<Incoming, BusError> {
+        loop {
+            if let Some(record) = self.queue.pop_redelivery() {
+                return Ok(self.incoming(record));
+            }
+            // Members of a group take turns on the shared receiver.
+            let mut receiver = self.queue.receiver.lock().await;
+            tokio::select! {
+                received = receiver.recv() => match received {
+                    Some(record) => return Ok(self.incoming(record)),
+                    None => return Err(BusError::ConsumerStopped { topic: self.queue.topic }),
+                },
+                () = self.queue.redelivery_added.notified() => continue,
+            }
+        }
+    }
+}
+
+/// The embedded bus's ack: holds the record until acked, and requeues it if dropped unacked.
+#[derive(Debug)]
+pub(crate) struct EmbeddedAck {
+    record: Option<Record>,
+    queue: Weak<GroupQueue>,
+}
+
+impl EmbeddedAck {
+    pub(crate) fn ack(mut self) {
+        self.record = None;
+    }
+}
+
+impl Drop for EmbeddedAck {
+    fn drop(&mut self) {
+        if let (Some(record), Some(queue)) = (self.record.take(), self.queue.upgrade()) {
+            queue.redeliver(record);
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Kafka consumer groups with manual, at-least-once commits.
+//!
+//! Like quickwit's Kafka source, the blocking librdkafka poll loop runs on its own thread, off
+//! the async executor, and hands records to the async side over a bounded channel (a full
+//! channel stops polling: backpressure). Rebalance callbacks run inside `poll` on that thread;
+//! the custom [`ConsumerContext`] applies each revoke and assign to the [`OffsetTracker`] shared
+//! with the async side before the callback returns, so a revoked partition is fenced off at
+//! once: its final safe position is committed synchronously, acks of its in-flight work are
+//! ignored from then on, and its records still buffered in the channel are dropped instead of
+//! handed out. The partition's next owner re-reads that work from the committed position.
+//!
+//! Commits: the poll thread commits, every `commit_interval`, each partition's position up to
+//! its lowest unacked offset. Nothing is auto-committed or auto-stored.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use metrics::counter;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::{millis, KafkaConfig};
+use crate::bus::{Ack, AckInner, Incoming, Subscription};
+use crate::envelope::{Headers, Position, Record};
+use crate::error::BusError;
+use crate::offsets::OffsetTracker;
+use crate::topic::Topic;
+
+/// How long one `poll` blocks; bounds how fast the thread notices shutdown.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Pause between attempts to hand a record to a full channel.
+const FULL_CHANNEL_PAUSE: Duration = Duration::from_millis(2);
+
+type SharedTracker = Arc<Mutex<OffsetTracker>>;
+
+fn lock(tracker: &SharedTracker) -> std::sync::MutexGuard<'_, OffsetTracker> {
+    tracker.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A record read by the poll thread, tagged with its partition's assignment generation.
+struct Polled {
+    record: Record,
+    position: Position,
+    generation: u64,
+}
+
+/// A member of a Kafka consumer group on one topic. Dropping it leaves the group (after
+/// committing what was acked); unacked work goes to the partitions' next owners.
+#[derive(Debug)]
+pub struct KafkaSubscription {
+    topic: Topic,
+    records: mpsc::Receiver<Polled>,
+    tracker: SharedTracker,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Polled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Polled").field("position", &self.position).finish_non_exhaustive()
+    }
+}
+
+impl KafkaSubscription {
+    pub(super) fn start(config: &KafkaConfig, topic: Topic, group: &str) -> Result<Self, BusError> {
+        let tracker = SharedTracker::default();
+        let context = RebalanceContext { tracker: Arc::clone(&tracker), topic };
+        let mut client = config.client_config();
+        client
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", millis(config.session_timeout));
+        config.apply_extra(&mut client);
+        let consumer: BaseConsumer<RebalanceContext> =
+            client.create_with_context(context).map_err(|e| BusError::Config(Box::new(e)))?;
+        let name = config.topic_names.name(topic);
+        consumer.subscribe(&[&name]).map_err(|e| BusError::Kafka { topic, cause: Box::new(e) })?;
+
+        let (sender, records) = mpsc::channel(config.consumer_buffer.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let poll_loop = PollLoop {
+            consumer,
+            sender,
+            tracker: Arc::clone(&tracker),
+            stop: Arc::clone(&stop),
+            commit_interval: config.commit_interval,
+            last_commit: Instant::now(),
+            topic,
+            topic_name: name,
+        };
+        thread::Builder::new()
+            .name(format!("kafka-{}", topic.name()))
+            .spawn(move || poll_loop.run())
+            .map_err(|e| BusError::Kafka { topic, cause: Box::new(e) })?;
+        Ok(Self { topic, records, tracker, stop })
+    }
+}
+
+impl Subscription for KafkaSubscription {
+    async fn recv(&mut self) -> Result<Incoming, BusError> {
+        loop {
+            let polled = self.records.recv().await.ok_or(BusError::ConsumerStopped { topic: self.topic })?;
+            let Position { partition, offset } = polled.position;
+            if !lock(&self.tracker).is_current(partition, polled.generation) {
+                // Fetched before its partition was revoked; the new owner reads it again.
+                counter!("pushfan_bus_revoked_skipped_total", "topic" => self.topic.name()).increment(1);
+                continue;
+            }
+            let ack = KafkaAck {
+                tracker: Arc::clone(&self.tracker),
+                partition,
+                generation: polled.generation,
+                offset,
+            };
+            return Ok(Incoming {
+                record: polled.record,
+                position: Some(polled.position),
+                ack: Ack(AckInner::Kafka(ack)),
+            });
+        }
+    }
+}
+
+impl Drop for KafkaSubscription {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The Kafka ack: marks the offset done; the poll thread commits it on its next tick.
+#[derive(Debug)]
+pub(crate) struct KafkaAck {
+    tracker: SharedTracker,
+    partition: i32,
+    generation: u64,
+    offset: i64,
+}
+
+impl KafkaAck {
+    pub(crate) fn ack(self) {
+        if !lock(&self.tracker).ack(self.partition, self.generation, self.offset) {
+            debug!(
+                partition = self.partition,
+                offset = self.offset,
+                "ack after the partition was revoked; ignored"
+            );
+        }
+    }
+}
+
+/// Applies rebalances to the offset tracker from inside librdkafka's callback.
+struct RebalanceContext {
+    tracker: SharedTracker,
+    topic: Topic,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else { return };
+        let mut final_positions = TopicPartitionList::new();
+        {
+            let mut tracker = lock(&self.tracker);
+            for element in revoked.elements() {
+                if let Some(position) = tracker.revoke(element.partition()) {
+                    // Cannot fail: the partition is new to this list.
+                    let _ = final_positions.add_partition_offset(
+                        element.topic(),
+                        element.partition(),
+                        Offset::Offset(position),
+                    );
+                }
+            }
+        }
+        info!(topic = %self.topic, partitions = revoked.count(), "partitions revoked");
+        if final_positions.count() > 0 {
+            if let Err(error) = consumer.commit(&final_positions, CommitMode::Sync) {
+                // The next owner starts from the previous commit: duplicates, nothing lost.
+                warn!(topic = %self.topic, %error, "final commit of revoked partitions failed");
+                counter!("pushfan_bus_commit_errors_total", "topic" => self.topic.name()).increment(1);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(assigned) => {
+                let mut tracker = lock(&self.tracker);
+                for element in assigned.elements() {
+                    tracker.assign(element.partition());
+                }
+                info!(topic = %self.topic, partitions = assigned.count(), "partitions assigned");
+            }
+            Rebalance::Error(error) => warn!(topic = %self.topic, %error, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+/// The poll thread's state.
+struct PollLoop {
+    consumer: BaseConsumer<RebalanceContext>,
+    sender: mpsc::Sender<Polled>,
+    tracker: SharedTracker,
+    stop: Arc<AtomicBool>,
+    commit_interval: Duration,
+    last_commit: Instant,
+    topic: Topic,
+    /// The Kafka name of `topic`.
+    topic_name: String,
+}
+
+impl PollLoop {
+    fn run(mut self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let polled = match self.consumer.poll(POLL_TIMEOUT) {
+                None => None,
+                Some(Ok(message)) => self.track(&message),
+                Some(Err(error)) => {
+                    // librdkafka reconnects and retries by itself; these are reports, not the end.
+                    warn!(topic = %self.topic, %error, "kafka consumer error");
+                    None
+                }
+            };
+            if let Some(polled) = polled {
+                if !self.hand_off(polled) {
+                    break;
+                }
+            }
+            self.commit_if_due();
+        }
+        self.commit(CommitMode::Sync);
+        debug!(topic = %self.topic, "consumer leaving its group");
+        // Dropping the consumer closes it: it leaves the group, running the revoke callback.
+    }
+
+    /// Registers the record as in flight, or `None` if its partition is not ours.
+    fn track(&self, message: &BorrowedMessage<'_>) -> Option<Polled> {
+        let position = Position { partition: message.partition(), offset: message.offset() };
+        let generation = lock(&self.tracker).track(position.partition, position.offset)?;
+        let mut headers = Headers::default();
+        if let Some(kafka_headers) = message.headers() {
+            for header in kafka_headers.iter() {
+                headers.insert(header.key, header.value.unwrap_or_default());
+            }
+        }
+        let record = Record {
+            key: bytes::Bytes::copy_from_slice(message.key().unwrap_or_default()),
+            payload: bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+            headers,
+        };
+        Some(Polled { record, position, generation })
+    }
+
+    /// Waits for room in the channel, committing meanwhile; false once the subscription is gone.
+    fn hand_off(&mut self, mut polled: Polled) -> bool {
+        loop {
+            match self.sender.try_send(polled) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if self.stop.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                    polled = back;
+                    self.commit_if_due();
+                    thread::sleep(FULL_CHANNEL_PAUSE);
+                }
+            }
+        }
+    }
+
+    fn commit_if_due(&mut self) {
+        if self.last_commit.elapsed() >= self.commit_interval {
+            self.commit(CommitMode::Async);
+            self.last_commit = Instant::now();
+        }
+    }
+
+    fn commit(&self, mode: CommitMode) {
+        let positions = lock(&self.tracker).take_commits();
+        if positions.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for &(partition, position) in &positions {
+            // Cannot fail: each partition appears once.
+            let _ = list.add_partition_offset(&self.topic_name, partition, Offset::Offset(position));
+        }
+        match self.consumer.commit(&list, mode) {
+            Ok(()) => counter!("pushfan_bus_commits_total", "topic" => self.topic.name()).increment(1),
+            Err(error) => {
+                warn!(topic = %self.topic, %error, "commit failed; retrying on the next tick");
+                counter!("pushfan_bus_commit_errors_total", "topic" => self.topic.name()).increment(1);
+                lock(&self.tracker).commit_failed(&positions);
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The embedded bus against the shared contract scenarios, plus its in-process specifics
+//! (bounded queues, redelivery of dropped acks, groups).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{job, WAIT};
+use pushfan_bus::messages::ShardJob;
+use pushfan_bus::{Bus, BusError, EmbeddedBus, EmbeddedConfig, MessageContext};
+use tokio::time::timeout;
+
+fn bus(queue_capacity: usize) -> EmbeddedBus {
+    EmbeddedBus::new(EmbeddedConfig { queue_capacity, send_timeout: Duration::from_millis(300) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_after_a_member_dies_loses_nothing() {
+    let report = common::takeover_loses_nothing(&bus(64), 400, 5, Duration::from_millis(400)).await;
+    assert!(report.duplicates <= 5, "only the held, unacked messages are redone: {report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_are_dead_lettered_and_consumption_continues() {
+    common::install_metrics();
+    common::bad_records_are_dead_lettered(&bus(64)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_travel_with_the_message() {
+    common::headers_travel_with_the_message(&bus(8)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_makes_senders_wait_then_fail_typed() {
+    let bus = bus(2);
+    let mut consumer = bus.consume::<ShardJob>("workers").expect("join");
+    for i in 0..2 {
+        bus.publish(&job(i), &MessageContext::default()).await.expect("room for two");
+    }
+    common::assert_error(
+        bus.publish(&job(2), &MessageContext::default()).await,
+        |e| matches!(e, BusError::Backpressure { .. }),
+        "third send into a queue of two",
+    );
+
+    // A send waiting for room completes as soon as the consumer takes a record.
+    let waiting = tokio::spawn({
+        let bus = bus.clone();
+        async move { bus.publish(&job(3), &MessageContext::default()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "the sender waits while the queue is full");
+    let first = timeout(WAIT, consumer.next()).await.expect("in time").expect("received");
+    first.ack.ack();
+    waiting.await.expect("task").expect("the waiting send completes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_ack_redelivers_and_an_acked_record_does_not_come_back() {
+    let bus = bus(8);
+    let mut consumer = bus.consume::<ShardJob>("workers").expect("join");
+    for i in 0..2 {
+        bus.publish(&job(i), &MessageContext::default()).await.expect("send");
+    }
+    let first = consumer.next().await.expect("first");
+    assert_eq!(first.message, job(0));
+    drop(first.ack);
+    let again = timeout(WAIT, consumer.next()).await.expect("in time").expect("redelivered");
+    assert_eq!(again.message, job(0), "the dropped record comes back first");
+    again.ack.ack();
+    let second = timeout(WAIT, consumer.next()).await.expect("in time").expect("second");
+    assert_eq!(second.message, job(1));
+    second.ack.ack();
+    assert!(timeout(Duration::from_millis(100), consumer.next()).await.is_err(), "nothing else is pending");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_group_gets_every_record_and_early_records_wait_for_the_first_group() {
+    let bus = bus(8);
+    bus.publish(&job(0), &MessageContext::default()).await.expect("sent before anyone joined");
+    let mut stats = bus.consume::<ShardJob>("stats").expect("join");
+    let mut prune = bus.consume::<ShardJob>("prune").expect("join");
+    bus.publish(&job(1), &MessageContext::default()).await.expect("send");
+
+    for expected in [job(0), job(1)] {
+        let received = timeout(WAIT, stats.next()).await.expect("in time").expect("stats receives");
+        assert_eq!(received.message, expected);
+        received.ack.ack();
+    }
+    let received = timeout(WAIT, prune.next()).await.expect("in time").expect("prune receives");
+    assert_eq!(received.message, job(1), "a group that joins later starts with later records");
+    received.ack.ack();
+}
