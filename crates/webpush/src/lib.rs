@@ -4,6 +4,8 @@
 //! - [`ece`]: RFC 8188 `aes128gcm` content coding.
 //! - [`message`]: RFC 8291 message encryption (and the legacy `aesgcm` draft), padding, and the
 //!   user agent's side for decryption.
+//! - [`batch`]: one payload for many subscribers with rayon, a result per subscriber.
+//! - [`rfc8030`]: request headers (TTL, Urgency, Topic) and response classification.
 //! - [`vapid`]: RFC 8292 keys, tokens, a per-origin token cache, and verification.
 //! - [`Backend`]: AWS-LC (default) or RustCrypto, byte-identical.
 //!
@@ -13,13 +15,17 @@
 
 pub mod b64;
 mod backend;
+pub mod batch;
 pub mod ece;
 pub mod message;
+pub mod rfc8030;
 pub mod subscription;
 pub mod vapid;
 
 pub use backend::Backend;
+pub use batch::{encrypt_batch, Recipient};
 pub use message::{
     encrypt, AesgcmParams, ContentEncoding, DecryptError, EncryptError, EncryptedPush, Padding, UserAgentKeys,
 };
+pub use rfc8030::{build_request, classify, PushOptions, PushOutcome, Topic, Urgency};
 pub use subscription::{Endpoint, EndpointPolicy, PushSubscription, SubscriptionError, SubscriptionKeys};

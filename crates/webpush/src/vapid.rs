@@ -212,6 +212,8 @@ pub struct VapidToken {
     pub expires_at: u64,
     /// `vapid t=<jwt>, k=<public key>`, the RFC 8292 `Authorization` header value.
     pub authorization: String,
+    /// The signer's public key, base64url: `k=`, and `p256ecdsa=` for the legacy encoding.
+    pub public_key_base64: String,
 }
 
 impl VapidToken {
@@ -254,12 +256,7 @@ impl VapidSigner {
         let expires_at = now_unix + self.validity.as_secs();
         let jwt = self.key.sign(&Claims { aud: audience, exp: expires_at, sub: self.subject.as_str() });
         let authorization = format!("vapid t={jwt}, k={}", self.key.public_base64());
-        VapidToken { jwt, expires_at, authorization }
-    }
-
-    /// The `p256ecdsa=…` parameter of `Crypto-Key` for the legacy `aesgcm` encoding.
-    pub fn legacy_crypto_key(&self) -> String {
-        format!("p256ecdsa={}", self.key.public_base64())
+        VapidToken { jwt, expires_at, authorization, public_key_base64: self.key.public_base64().to_owned() }
     }
 }
 

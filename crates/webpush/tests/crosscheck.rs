@@ -1,0 +1,325 @@
+//! Cross-implementation tests: pushfan-webpush against independent Web Push implementations, on
+//! every backend. Python runs PyPI's `http_ece` (by an RFC 8188 author) and `pywebpush`; Node runs
+//! npm's `web-push` and the `http_ece` it depends on.
+//!
+//! The other sides are `tests/crosscheck/check.py` and `check.js`; `scripts/setup.d/10-crosscheck.sh`
+//! installs their pinned dependencies and exports `PUSHFAN_CROSSCHECK_PYTHON` and
+//! `PUSHFAN_CROSSCHECK_NODE_PATH`. Each test starts each interpreter at most once, with all of its
+//! cases in one JSON document.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use pushfan_webpush::message::encrypt_with_keys;
+use pushfan_webpush::{
+    b64, encrypt, AesgcmParams, Backend, ContentEncoding, EncryptedPush, Padding, UserAgentKeys,
+};
+use serde_json::{json, Value};
+
+/// Payload sizes: empty, one byte, typical, and the largest one `aes128gcm` body holds.
+const SIZES: [usize; 4] = [0, 1, 100, 3993];
+const ENCODINGS: [ContentEncoding; 2] = [ContentEncoding::Aes128gcm, ContentEncoding::Aesgcm];
+
+#[derive(Debug, Clone, Copy)]
+enum Peer {
+    Python,
+    Node,
+}
+
+impl Peer {
+    const ALL: [Peer; 2] = [Peer::Python, Peer::Node];
+
+    /// Runs every case in one process and returns one result per case.
+    fn run(self, cases: &[Value]) -> Vec<Value> {
+        let script = |name: &str| format!("{}/tests/crosscheck/{name}", env!("CARGO_MANIFEST_DIR"));
+        let mut command = match self {
+            Peer::Python => {
+                let mut c = Command::new(tool_env("PUSHFAN_CROSSCHECK_PYTHON"));
+                c.arg(script("check.py"));
+                c
+            }
+            Peer::Node => {
+                let mut c = Command::new("node");
+                c.arg(script("check.js")).env("NODE_PATH", tool_env("PUSHFAN_CROSSCHECK_NODE_PATH"));
+                c
+            }
+        };
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{self:?} cannot start ({e}): run scripts/test (it installs the cross-check tools)")
+            });
+        // The scripts read all of stdin before they write, so this cannot deadlock.
+        let input = serde_json::to_vec(&json!({ "cases": cases })).unwrap();
+        child.stdin.take().unwrap().write_all(&input).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{self:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        let reply: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!("{self:?} wrote no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout))
+        });
+        let results = reply["results"].as_array().expect("results").clone();
+        assert_eq!(results.len(), cases.len(), "{self:?} answered a different number of cases");
+        results
+    }
+}
+
+fn tool_env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run scripts/test (it installs the cross-check tools)"))
+}
+
+/// A result's field as bytes; panics with the peer's error if the case failed.
+fn field(result: &Value, name: &str, label: &str) -> Vec<u8> {
+    if let Some(error) = result.get("error") {
+        panic!("{label}: {error}");
+    }
+    let text = result[name].as_str().unwrap_or_else(|| panic!("{label}: no `{name}` in {result}"));
+    b64::decode(text).unwrap_or_else(|e| panic!("{label}: `{name}` is not base64url: {e}"))
+}
+
+/// Distinct, non-repeating-looking bytes, so a misplaced record or offset shows.
+fn payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 + len) as u8).collect()
+}
+
+/// A case asking a peer to read `push` as the user agent `ua`.
+fn decrypt_case(ua: &UserAgentKeys, push: &EncryptedPush, body: &[u8]) -> Value {
+    let mut case = json!({
+        "op": "decrypt",
+        "version": push.encoding.as_str(),
+        "body": b64::encode(body),
+        "private_key": b64::encode(ua.private_key()),
+        "auth": b64::encode(ua.subscription_keys().auth()),
+    });
+    if let Some(params) = &push.aesgcm {
+        case["salt"] = b64::encode(&params.salt).into();
+        case["dh"] = b64::encode(&params.dh).into();
+    }
+    case
+}
+
+/// Subscriber keys in the form browsers hand out.
+fn subscription_fields(ua: &UserAgentKeys) -> (String, String) {
+    let keys = ua.subscription_keys();
+    (b64::encode(keys.p256dh()), b64::encode(keys.auth()))
+}
+
+/// The value of `name=` among `;`/`,`-separated header parameters (`dh=…;p256ecdsa=…`).
+fn header_param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
+    value.split([';', ',']).find_map(|p| p.trim().strip_prefix(name)?.strip_prefix('='))
+}
+
+/// `base` with the fields of `extra` added.
+fn merged(base: &Value, extra: Value) -> Value {
+    let mut case = base.clone();
+    case.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    case
+}
+
+fn aesgcm_params(salt: &[u8], dh: &[u8], label: &str) -> AesgcmParams {
+    AesgcmParams {
+        salt: salt.try_into().unwrap_or_else(|_| panic!("{label}: salt is {} bytes", salt.len())),
+        dh: dh.try_into().unwrap_or_else(|_| panic!("{label}: dh is {} bytes", dh.len())),
+    }
+}
+
+fn ours_to_theirs(encoding: ContentEncoding) {
+    let mut cases = Vec::new();
+    let mut expected = Vec::new();
+    for backend in Backend::ALL {
+        let ua = UserAgentKeys::generate(backend).unwrap();
+        for padding in [Padding::None, Padding::standard_buckets()] {
+            for len in SIZES {
+                let plaintext = payload(len);
+                let push = encrypt(backend, ua.subscription_keys(), encoding, &plaintext, &padding).unwrap();
+                cases.push(decrypt_case(&ua, &push, &push.body));
+                expected.push((format!("{backend:?} {encoding} {padding:?} {len} bytes"), plaintext));
+            }
+        }
+    }
+    for peer in Peer::ALL {
+        for (result, (label, plaintext)) in peer.run(&cases).iter().zip(&expected) {
+            let label = format!("{peer:?} decrypting {label}");
+            assert_eq!(field(result, "plaintext", &label), *plaintext, "{label}");
+        }
+    }
+}
+
+#[test]
+fn python_and_node_decrypt_our_aes128gcm() {
+    ours_to_theirs(ContentEncoding::Aes128gcm);
+}
+
+#[test]
+fn python_and_node_decrypt_our_aesgcm() {
+    ours_to_theirs(ContentEncoding::Aesgcm);
+}
+
+/// A message a peer encrypted for one of our user agents, as we expect to read it.
+struct Sent {
+    label: String,
+    backend: Backend,
+    plaintext: Vec<u8>,
+}
+
+fn theirs_to_ours(encoding: ContentEncoding) {
+    let uas = Backend::ALL.map(|backend| (backend, UserAgentKeys::generate(backend).unwrap()));
+    let mut python = (Vec::new(), Vec::new());
+    let mut node = (Vec::new(), Vec::new());
+    for (backend, ua) in &uas {
+        let (p256dh, auth) = subscription_fields(ua);
+        for len in SIZES {
+            let plaintext = payload(len);
+            let base = json!({
+                "version": encoding.as_str(), "p256dh": p256dh, "auth": auth,
+                "plaintext": b64::encode(&plaintext),
+            });
+            // pywebpush refuses an empty payload (`NoData`) rather than encrypting it.
+            if len > 0 {
+                python.0.push(merged(&base, json!({ "op": "pywebpush_encode" })));
+                let label = format!("pywebpush {encoding} {len} bytes for {backend:?}");
+                python.1.push(Sent { label, backend: *backend, plaintext: plaintext.clone() });
+            }
+            // With VAPID, web-push appends `;p256ecdsa=…` to the aesgcm `Crypto-Key` header.
+            for vapid in [false, true] {
+                node.0.push(merged(&base, json!({ "op": "request_details", "vapid": vapid })));
+                let label = format!("web-push {encoding} {len} bytes (vapid {vapid}) for {backend:?}");
+                node.1.push(Sent { label, backend: *backend, plaintext: plaintext.clone() });
+            }
+        }
+        if encoding == ContentEncoding::Aes128gcm {
+            // A 100-byte record size splits 1000 bytes over 13 records; browsers read those too.
+            let sender = UserAgentKeys::generate(*backend).unwrap();
+            let plaintext = payload(1000);
+            python.0.push(json!({
+                "op": "encrypt_fixed", "version": "aes128gcm", "rs": 100, "p256dh": p256dh, "auth": auth,
+                "sender_private_key": b64::encode(sender.private_key()), "salt": b64::encode(&[7; 16]),
+                "plaintext": b64::encode(&plaintext),
+            }));
+            let label = format!("http_ece aes128gcm in 100-byte records for {backend:?}");
+            python.1.push(Sent { label, backend: *backend, plaintext });
+        }
+    }
+    let ua_for = |backend: Backend| &uas.iter().find(|(b, _)| *b == backend).unwrap().1;
+
+    for (result, sent) in Peer::Python.run(&python.0).iter().zip(&python.1) {
+        let body = field(result, "body", &sent.label);
+        let params = (encoding == ContentEncoding::Aesgcm).then(|| {
+            aesgcm_params(&field(result, "salt", &sent.label), &field(result, "dh", &sent.label), &sent.label)
+        });
+        let read = ua_for(sent.backend).decrypt(sent.backend, encoding, &body, params.as_ref());
+        assert_eq!(read.as_deref(), Ok(&sent.plaintext[..]), "{}", sent.label);
+    }
+
+    for (result, sent) in Peer::Node.run(&node.0).iter().zip(&node.1) {
+        let body = field(result, "body", &sent.label);
+        let headers = &result["headers"];
+        assert_eq!(headers["Content-Encoding"], encoding.as_str(), "{}", sent.label);
+        let params = (encoding == ContentEncoding::Aesgcm).then(|| {
+            let header = |name: &str, param: &str| {
+                let value =
+                    headers[name].as_str().unwrap_or_else(|| panic!("{}: no {name} header", sent.label));
+                let text = header_param(value, param)
+                    .unwrap_or_else(|| panic!("{}: no {param} in {value}", sent.label));
+                b64::decode(text).unwrap()
+            };
+            aesgcm_params(&header("Encryption", "salt"), &header("Crypto-Key", "dh"), &sent.label)
+        });
+        let read = ua_for(sent.backend).decrypt(sent.backend, encoding, &body, params.as_ref());
+        assert_eq!(read.as_deref(), Ok(&sent.plaintext[..]), "{}", sent.label);
+    }
+}
+
+#[test]
+fn we_decrypt_pywebpush_and_web_push_aes128gcm() {
+    theirs_to_ours(ContentEncoding::Aes128gcm);
+}
+
+#[test]
+fn we_decrypt_pywebpush_and_web_push_aesgcm() {
+    theirs_to_ours(ContentEncoding::Aesgcm);
+}
+
+#[test]
+fn fixed_key_and_salt_give_the_same_bytes_as_http_ece() {
+    // Any fixed valid scalar and salt will do: both sides get the same ones.
+    let sender = [0x5a; 32];
+    let salt = [0xc3; 16];
+    let mut python = (Vec::new(), Vec::new());
+    let mut node = (Vec::new(), Vec::new());
+    for backend in Backend::ALL {
+        let ua = UserAgentKeys::generate(backend).unwrap();
+        let (p256dh, auth) = subscription_fields(&ua);
+        for encoding in ENCODINGS {
+            for len in SIZES {
+                let plaintext = payload(len);
+                let keys = ua.subscription_keys();
+                let ours = |pad| {
+                    encrypt_with_keys(backend, keys, encoding, &plaintext, pad, &sender, salt).unwrap().body
+                };
+                let base = json!({
+                    "op": "encrypt_fixed", "version": encoding.as_str(), "p256dh": p256dh, "auth": auth,
+                    "sender_private_key": b64::encode(&sender), "salt": b64::encode(&salt),
+                    "plaintext": b64::encode(&plaintext),
+                });
+                // Python's http_ece cannot pad, and for an empty aes128gcm payload it writes a header
+                // with no record at all (RFC 8188 wants a last record holding the delimiter).
+                if !(len == 0 && encoding == ContentEncoding::Aes128gcm) {
+                    python.0.push(base.clone());
+                    python.1.push((format!("http_ece.py {backend:?} {encoding} {len} bytes"), ours(0)));
+                }
+                for pad in [0, 27.min(encoding.max_plaintext_len() - len)] {
+                    node.0.push(merged(&base, json!({ "pad": pad })));
+                    let label = format!("http_ece.js {backend:?} {encoding} {len} bytes pad {pad}");
+                    node.1.push((label, ours(pad)));
+                }
+            }
+        }
+    }
+    for (peer, (cases, expected)) in [(Peer::Python, python), (Peer::Node, node)] {
+        for (result, (label, ours)) in peer.run(&cases).iter().zip(&expected) {
+            assert!(field(result, "body", label) == ours[..], "{label}: bodies differ");
+        }
+    }
+}
+
+#[test]
+fn http_ece_refuses_a_body_with_one_flipped_byte() {
+    let mut cases = Vec::new();
+    let mut expected = Vec::new();
+    for backend in Backend::ALL {
+        let ua = UserAgentKeys::generate(backend).unwrap();
+        for encoding in ENCODINGS {
+            let push =
+                encrypt(backend, ua.subscription_keys(), encoding, &payload(100), &Padding::None).unwrap();
+            // The untouched body first, so that a refusal below is the flip's doing.
+            cases.push(decrypt_case(&ua, &push, &push.body));
+            expected.push((format!("{backend:?} {encoding} untouched"), true));
+            let len = push.body.len();
+            let positions = match encoding {
+                // Salt, key id length, sender key, data, tag. (Not the record size: it is not
+                // authenticated, and a one-record body reads the same under any size it fits.)
+                ContentEncoding::Aes128gcm => vec![0, 20, 30, 100, len - 1],
+                ContentEncoding::Aesgcm => vec![0, 1, 50, len - 1],
+            };
+            for at in positions {
+                let mut body = push.body.to_vec();
+                body[at] ^= 0x01;
+                cases.push(decrypt_case(&ua, &push, &body));
+                expected.push((format!("{backend:?} {encoding} byte {at} of {len} flipped"), false));
+            }
+        }
+    }
+    for peer in Peer::ALL {
+        for (result, (label, readable)) in peer.run(&cases).iter().zip(&expected) {
+            if *readable {
+                assert_eq!(field(result, "plaintext", label), payload(100), "{peer:?} {label}");
+            } else {
+                assert!(result.get("error").is_some(), "{peer:?} read {label}: {result}");
+            }
+        }
+    }
+}
