@@ -1,0 +1,395 @@
+//! The embedded store: subscriptions on local disk inside the process (`pushfan standalone`).
+//!
+//! Built on fjall, an LSM-tree key-value store: every write call is one atomic batch, fsynced
+//! before the call returns, so a restart (or crash) after a call returns loses nothing of it.
+//! The key layout is in [`crate::keys`]; records are the same binary records Redis holds.
+//!
+//! Why fjall: a quick measurement on this machine (200k records of 210 bytes under 36-byte
+//! random keys, one fsynced transaction per batch) gave fjall 89k–134k writes/s and redb
+//! 12k–48k/s (copy-on-write B-tree pages for random keys, and a file of 676–1350 bytes per
+//! record); scans were 0.2–1M/s (fjall) and 0.8–2.3M/s (redb), both far above what one process
+//! can encrypt. Import speed decided it.
+//!
+//! fjall is synchronous, so every call runs on tokio's blocking pool. Writers are serialized by
+//! a mutex (this process is the only writer), which makes read-modify-write calls (`tag`,
+//! `record_outcomes`) atomic without transactions; scans do not take it.
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use fjall::{Batch, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
+use tracing::instrument;
+
+use crate::error::StoreError;
+use crate::model::{
+    Audience, CursorPosition, DeliveryOutcome, ScanCursor, ScanPage, Subscription, SubscriptionId, TenantId,
+    Topic, UnixSeconds,
+};
+use crate::shard::{ShardCount, ShardId};
+use crate::telemetry::{self, count, observe};
+use crate::{keys, last_per_id, record, retopic, SubscriptionStore};
+
+const BACKEND: &str = "embedded";
+const SHARDS_KEY: &str = "shards";
+
+/// The embedded, on-disk [`SubscriptionStore`]. Cheap to clone; clones share the database.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    keyspace: Keyspace,
+    subscriptions: PartitionHandle,
+    members: PartitionHandle,
+    shards: ShardCount,
+    /// Held by every write call, so read-modify-writes see no concurrent change.
+    write_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").field("shards", &self.inner.shards).finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in directory `path`. Blocks while fjall recovers its
+    /// journal, so call it at startup. Refuses data written with a different shard count.
+    pub fn open(path: &Path, shards: ShardCount) -> Result<Self, StoreError> {
+        let keyspace = fjall::Config::new(path).open()?;
+        let meta = keyspace.open_partition("meta", PartitionCreateOptions::default())?;
+        let subscriptions = keyspace.open_partition("subs", PartitionCreateOptions::default())?;
+        let members = keyspace.open_partition("members", PartitionCreateOptions::default())?;
+        match meta.get(SHARDS_KEY)? {
+            Some(stored) => {
+                let stored = <[u8; 2]>::try_from(&*stored).map(u16::from_be_bytes).unwrap_or(0);
+                if stored != shards.get() {
+                    return Err(StoreError::ShardCountMismatch { stored, configured: shards.get() });
+                }
+            }
+            None => {
+                let mut batch = keyspace.batch().durability(Some(PersistMode::SyncAll));
+                batch.insert(&meta, SHARDS_KEY, shards.get().to_be_bytes());
+                batch.commit()?;
+            }
+        }
+        let inner = Inner { keyspace, subscriptions, members, shards, write_lock: Mutex::new(()) };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        work: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let result = match tokio::task::spawn_blocking(move || work(&inner)).await {
+            Ok(result) => result,
+            Err(join_error) => Err(StoreError::EmbeddedTask(join_error)),
+        };
+        observe(BACKEND, op, result)
+    }
+}
+
+/// A subscription ready to write: its keys and encoded record.
+struct Encoded {
+    shard_prefix: Vec<u8>,
+    id: SubscriptionId,
+    tenant: TenantId,
+    record: Vec<u8>,
+    topics: Vec<Topic>,
+}
+
+impl Inner {
+    fn write_batch(&self) -> Batch {
+        self.keyspace.batch().durability(Some(PersistMode::SyncAll))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded data is `()`: a panicking writer leaves nothing half-updated in memory,
+        // and fjall batches are atomic on disk.
+        self.write_lock.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read_record(&self, key: &[u8]) -> Result<Option<fjall::Slice>, StoreError> {
+        Ok(self.subscriptions.get(key)?)
+    }
+
+    fn stored_topics(&self, id: SubscriptionId, record: &[u8]) -> Result<Vec<Topic>, StoreError> {
+        record::topics(record).map_err(|source| StoreError::CorruptRecord { id, source })
+    }
+
+    fn import(&self, encoded: Vec<Encoded>) -> Result<usize, StoreError> {
+        let _writer = self.lock();
+        let mut batch = self.write_batch();
+        for sub in &encoded {
+            let key = keys::with_id(&sub.shard_prefix, &sub.id);
+            let old_topics = match self.read_record(&key)? {
+                Some(old) => self.stored_topics(sub.id, &old)?,
+                None => Vec::new(),
+            };
+            let shard = shard_of_prefix(&sub.shard_prefix);
+            for stale in old_topics.iter().filter(|t| sub.topics.binary_search(t).is_err()) {
+                batch.remove(
+                    &self.members,
+                    keys::with_id(&keys::embedded_topic(&sub.tenant, shard, stale), &sub.id),
+                );
+            }
+            for topic in &sub.topics {
+                batch.insert(
+                    &self.members,
+                    keys::with_id(&keys::embedded_topic(&sub.tenant, shard, topic), &sub.id),
+                    [],
+                );
+            }
+            batch.insert(&self.subscriptions, key, sub.record.as_slice());
+        }
+        batch.commit()?;
+        Ok(encoded.len())
+    }
+
+    fn get(&self, tenant: &TenantId, id: SubscriptionId) -> Result<Option<Subscription>, StoreError> {
+        let key = keys::with_id(&keys::embedded_shard(tenant, self.shards.shard_of(&id)), &id);
+        self.read_record(&key)?
+            .map(|record| {
+                record::decode(tenant, id, &record).map_err(|source| StoreError::CorruptRecord { id, source })
+            })
+            .transpose()
+    }
+
+    fn remove(&self, tenant: &TenantId, ids: &[SubscriptionId]) -> Result<usize, StoreError> {
+        let _writer = self.lock();
+        let mut batch = self.write_batch();
+        let mut removed = 0;
+        for id in ids {
+            let shard = self.shards.shard_of(id);
+            let key = keys::with_id(&keys::embedded_shard(tenant, shard), id);
+            let Some(old) = self.read_record(&key)? else { continue };
+            for topic in self.stored_topics(*id, &old)? {
+                batch.remove(&self.members, keys::with_id(&keys::embedded_topic(tenant, shard, &topic), id));
+            }
+            batch.remove(&self.subscriptions, key);
+            removed += 1;
+        }
+        batch.commit()?;
+        Ok(removed)
+    }
+
+    fn retag(
+        &self,
+        tenant: &TenantId,
+        ids: &[SubscriptionId],
+        topic: &Topic,
+        add: bool,
+    ) -> Result<usize, StoreError> {
+        let _writer = self.lock();
+        let mut batch = self.write_batch();
+        let mut changed = 0;
+        for id in ids {
+            let shard = self.shards.shard_of(id);
+            let key = keys::with_id(&keys::embedded_shard(tenant, shard), id);
+            let Some(old) = self.read_record(&key)? else { continue };
+            let Some(topics) = retopic(&self.stored_topics(*id, &old)?, topic, add)? else { continue };
+            let updated = record::with_topics(&old, &topics)
+                .map_err(|source| StoreError::CorruptRecord { id: *id, source })?;
+            let member = keys::with_id(&keys::embedded_topic(tenant, shard, topic), id);
+            if add {
+                batch.insert(&self.members, member, []);
+            } else {
+                batch.remove(&self.members, member);
+            }
+            batch.insert(&self.subscriptions, key, updated);
+            changed += 1;
+        }
+        batch.commit()?;
+        Ok(changed)
+    }
+
+    fn record_outcomes(
+        &self,
+        tenant: &TenantId,
+        outcomes: &[DeliveryOutcome],
+        at: UnixSeconds,
+    ) -> Result<usize, StoreError> {
+        let _writer = self.lock();
+        let mut batch = self.write_batch();
+        let mut recorded = 0;
+        for outcome in outcomes {
+            let key =
+                keys::with_id(&keys::embedded_shard(tenant, self.shards.shard_of(&outcome.id)), &outcome.id);
+            let Some(old) = self.read_record(&key)? else { continue };
+            let mut updated = old.to_vec();
+            record::apply_outcome(&mut updated, outcome.result, at)
+                .map_err(|source| StoreError::CorruptRecord { id: outcome.id, source })?;
+            batch.insert(&self.subscriptions, key, updated);
+            recorded += 1;
+        }
+        batch.commit()?;
+        Ok(recorded)
+    }
+
+    fn scan(
+        &self,
+        tenant: &TenantId,
+        audience: &Audience,
+        shard: ShardId,
+        after: Option<SubscriptionId>,
+        page_size: usize,
+    ) -> Result<ScanPage, StoreError> {
+        let shard_prefix = keys::embedded_shard(tenant, shard);
+        let (partition, prefix) = match audience {
+            Audience::Everyone => (&self.subscriptions, shard_prefix.clone()),
+            Audience::Topic(topic) => (&self.members, keys::embedded_topic(tenant, shard, topic)),
+        };
+        let start = match after {
+            Some(id) => Bound::Excluded(keys::with_id(&prefix, &id)),
+            None => Bound::Included(prefix.clone()),
+        };
+        let end = Bound::Included(keys::with_id(&prefix, &SubscriptionId::from_bytes([0xff; 16])));
+        let page_size = page_size.max(1);
+        let mut subscriptions = Vec::with_capacity(page_size);
+        let mut seen = 0;
+        let mut last = None;
+        for entry in partition.range((start, end)).take(page_size) {
+            let (key, value) = entry?;
+            // Every key in the range is the prefix plus a 16-byte id.
+            let Some(id) = keys::id_suffix(&key) else { continue };
+            seen += 1;
+            last = Some(id);
+            let record = match audience {
+                Audience::Everyone => Some(value),
+                Audience::Topic(_) => self.read_record(&keys::with_id(&shard_prefix, &id))?,
+            };
+            // A membership without its record would be a bug in this module's batches; skip it
+            // rather than fail a broadcast.
+            let Some(record) = record else { continue };
+            let subscription = record::decode(tenant, id, &record)
+                .map_err(|source| StoreError::CorruptRecord { id, source })?;
+            if subscription.is_in(audience) {
+                subscriptions.push(subscription);
+            }
+        }
+        let next =
+            (seen == page_size).then_some(last).flatten().map(|id| ScanCursor(CursorPosition::After(id)));
+        Ok(ScanPage { subscriptions, next })
+    }
+}
+
+/// The shard a `subs` key prefix (from [`keys::embedded_shard`]) names: its last two bytes.
+fn shard_of_prefix(prefix: &[u8]) -> ShardId {
+    let n = prefix.len();
+    ShardId(u16::from_be_bytes([prefix[n - 2], prefix[n - 1]]))
+}
+
+#[async_trait]
+impl SubscriptionStore for EmbeddedStore {
+    fn shard_count(&self) -> ShardCount {
+        self.inner.shards
+    }
+
+    #[instrument(name = "store.import", skip_all, fields(backend = BACKEND, count = subscriptions.len()))]
+    async fn import(&self, subscriptions: &[Subscription]) -> Result<usize, StoreError> {
+        let shards = self.inner.shards;
+        let encoded: Vec<Encoded> = last_per_id(subscriptions)
+            .into_iter()
+            .map(|sub| {
+                let mut record = Vec::with_capacity(256);
+                record::encode(sub, &mut record);
+                Encoded {
+                    shard_prefix: keys::embedded_shard(&sub.tenant, shards.shard_of(&sub.id)),
+                    id: sub.id,
+                    tenant: sub.tenant.clone(),
+                    record,
+                    topics: sub.topics.clone(),
+                }
+            })
+            .collect();
+        let written = self.blocking("import", move |inner| inner.import(encoded)).await?;
+        count(telemetry::IMPORTED, BACKEND, written);
+        Ok(written)
+    }
+
+    #[instrument(name = "store.get", skip_all, fields(backend = BACKEND, tenant = %tenant, %id))]
+    async fn get(&self, tenant: &TenantId, id: SubscriptionId) -> Result<Option<Subscription>, StoreError> {
+        let tenant = tenant.clone();
+        self.blocking("get", move |inner| inner.get(&tenant, id)).await
+    }
+
+    #[instrument(name = "store.remove", skip_all, fields(backend = BACKEND, tenant = %tenant, count = ids.len()))]
+    async fn remove(&self, tenant: &TenantId, ids: &[SubscriptionId]) -> Result<usize, StoreError> {
+        let (tenant, ids) = (tenant.clone(), ids.to_vec());
+        let removed = self.blocking("remove", move |inner| inner.remove(&tenant, &ids)).await?;
+        count(telemetry::REMOVED, BACKEND, removed);
+        Ok(removed)
+    }
+
+    #[instrument(name = "store.tag", skip_all, fields(backend = BACKEND, tenant = %tenant, %topic, count = ids.len()))]
+    async fn tag(
+        &self,
+        tenant: &TenantId,
+        ids: &[SubscriptionId],
+        topic: &Topic,
+    ) -> Result<usize, StoreError> {
+        let (tenant, ids, topic) = (tenant.clone(), ids.to_vec(), topic.clone());
+        let changed = self.blocking("tag", move |inner| inner.retag(&tenant, &ids, &topic, true)).await?;
+        count(telemetry::RETAGGED, BACKEND, changed);
+        Ok(changed)
+    }
+
+    #[instrument(name = "store.untag", skip_all, fields(backend = BACKEND, tenant = %tenant, %topic, count = ids.len()))]
+    async fn untag(
+        &self,
+        tenant: &TenantId,
+        ids: &[SubscriptionId],
+        topic: &Topic,
+    ) -> Result<usize, StoreError> {
+        let (tenant, ids, topic) = (tenant.clone(), ids.to_vec(), topic.clone());
+        let changed = self.blocking("untag", move |inner| inner.retag(&tenant, &ids, &topic, false)).await?;
+        count(telemetry::RETAGGED, BACKEND, changed);
+        Ok(changed)
+    }
+
+    #[instrument(name = "store.record_outcomes", skip_all, fields(backend = BACKEND, tenant = %tenant, count = outcomes.len()))]
+    async fn record_outcomes(
+        &self,
+        tenant: &TenantId,
+        outcomes: &[DeliveryOutcome],
+        at: UnixSeconds,
+    ) -> Result<usize, StoreError> {
+        let (tenant, outcomes) = (tenant.clone(), outcomes.to_vec());
+        let recorded = self
+            .blocking("record_outcomes", move |inner| inner.record_outcomes(&tenant, &outcomes, at))
+            .await?;
+        count(telemetry::OUTCOMES, BACKEND, recorded);
+        Ok(recorded)
+    }
+
+    #[instrument(name = "store.scan_shard", skip_all, fields(backend = BACKEND, tenant = %tenant, %shard, page_size, returned))]
+    async fn scan_shard(
+        &self,
+        tenant: &TenantId,
+        audience: &Audience,
+        shard: ShardId,
+        cursor: ScanCursor,
+        page_size: usize,
+    ) -> Result<ScanPage, StoreError> {
+        let shard = observe(BACKEND, "scan_shard", self.inner.shards.check(shard))?;
+        let after = match cursor.0 {
+            CursorPosition::Start => None,
+            CursorPosition::After(id) => Some(id),
+            CursorPosition::Redis(_) => {
+                return observe(BACKEND, "scan_shard", Err(StoreError::InvalidCursor))
+            }
+        };
+        let (tenant, audience) = (tenant.clone(), audience.clone());
+        let page = self
+            .blocking("scan_shard", move |inner| inner.scan(&tenant, &audience, shard, after, page_size))
+            .await?;
+        tracing::Span::current().record("returned", page.subscriptions.len());
+        count(telemetry::SCANNED, BACKEND, page.subscriptions.len());
+        Ok(page)
+    }
+}

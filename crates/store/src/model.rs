@@ -1,0 +1,410 @@
+//! The store's vocabulary: tenants, topics, subscription ids and records, audiences, scan cursors.
+//!
+//! Pure data with validation; no I/O. The browser-facing types (`Endpoint`, `SubscriptionKeys`)
+//! come from `pushfan-webpush` and are already validated when they get here.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pushfan_webpush::{Endpoint, PushSubscription, SubscriptionKeys};
+use sha2::{Digest, Sha256};
+
+use crate::error::StoreError;
+
+/// Longest tenant or topic name, in bytes. Names are part of every key, so they stay short.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Most topics one subscription may be tagged with; the record stores them inline.
+pub const MAX_TOPICS_PER_SUBSCRIPTION: usize = 32;
+
+/// A tenant: the isolation boundary. Every key the store writes starts with the tenant, so one
+/// tenant's calls can never see another's subscriptions.
+///
+/// 1 to 64 bytes of `[A-Za-z0-9._-]`: no braces (Redis hash tags) and no separators, so the key
+/// schema stays unambiguous. Cloning is cheap (shared string).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(Arc<str>);
+
+impl TenantId {
+    /// Validates a tenant name.
+    pub fn new(name: &str) -> Result<Self, StoreError> {
+        validate_name("tenant", name, |b| b.is_ascii_alphanumeric() || b"._-".contains(&b))?;
+        Ok(Self(name.into()))
+    }
+
+    /// The tenant's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A topic (tag) a subscription can be a member of. The implicit "everyone" audience is not a
+/// topic; see [`Audience`].
+///
+/// 1 to 64 bytes of `[A-Za-z0-9._:/-]`. Cloning is cheap (shared string).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic(Arc<str>);
+
+impl Topic {
+    /// Validates a topic name.
+    pub fn new(name: &str) -> Result<Self, StoreError> {
+        validate_name("topic", name, |b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))?;
+        Ok(Self(name.into()))
+    }
+
+    /// The topic's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn validate_name(kind: &'static str, name: &str, allowed: impl Fn(u8) -> bool) -> Result<(), StoreError> {
+    let reason = if name.is_empty() {
+        "is empty"
+    } else if name.len() > MAX_NAME_LEN {
+        "is longer than 64 bytes"
+    } else if !name.bytes().all(allowed) {
+        "contains a character outside the allowed set"
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::InvalidName { kind, name: name.chars().take(MAX_NAME_LEN).collect(), reason })
+}
+
+macro_rules! display_as_str {
+    ($($ty:ty),*) => {$(
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($ty), &*self.0)
+            }
+        }
+    )*};
+}
+display_as_str!(TenantId, Topic);
+
+/// A subscription's stable id: the first 16 bytes of SHA-256 of its endpoint URL.
+///
+/// Derived, not assigned, so importing the same endpoint twice updates one record instead of
+/// creating a duplicate. It reveals nothing usable about the endpoint and is safe to log.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionId([u8; 16]);
+
+impl SubscriptionId {
+    /// The id of the subscription at `endpoint`.
+    pub fn for_endpoint(endpoint: &Endpoint) -> Self {
+        let digest = Sha256::digest(endpoint.as_str().as_bytes());
+        let mut id = [0; 16];
+        id.copy_from_slice(&digest[..16]);
+        Self(id)
+    }
+
+    /// Wraps raw id bytes, e.g. read back from a key.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw id bytes.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for SubscriptionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for SubscriptionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SubscriptionId({self})")
+    }
+}
+
+/// The content encodings a subscription's user agent supports, as a small bitset.
+///
+/// `aes128gcm` (RFC 8291) is the standard; `aesgcm` is the legacy draft encoding some older
+/// browsers still require.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ContentEncodings(u8);
+
+impl ContentEncodings {
+    /// No encoding known.
+    pub const NONE: Self = Self(0);
+    /// RFC 8291 `aes128gcm`.
+    pub const AES128GCM: Self = Self(1);
+    /// The legacy draft `aesgcm`.
+    pub const AESGCM: Self = Self(2);
+    const ALL_BITS: u8 = 0b11;
+
+    /// Both members of `self` and of `other`.
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// Whether every encoding in `other` is supported.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub(crate) const fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// `None` when `bits` has a bit no encoding owns (a record from a newer format).
+    pub(crate) const fn from_bits(bits: u8) -> Option<Self> {
+        if bits & !Self::ALL_BITS == 0 {
+            Some(Self(bits))
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Debug for ContentEncodings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut set = f.debug_set();
+        if self.contains(Self::AES128GCM) {
+            set.entry(&"aes128gcm");
+        }
+        if self.contains(Self::AESGCM) {
+            set.entry(&"aesgcm");
+        }
+        set.finish()
+    }
+}
+
+/// Which VAPID key pair a subscription was created with (its `applicationServerKey`). Kept so
+/// keys can rotate: a subscription must be sent to with the key it was created with.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, PartialOrd, Ord)]
+pub struct VapidKeyId(pub u32);
+
+/// A point in time at the store's resolution: whole seconds since the Unix epoch, as a `u32`
+/// (good until 2106). Records keep times this way to stay small.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, PartialOrd, Ord)]
+pub struct UnixSeconds(pub u32);
+
+impl UnixSeconds {
+    /// Rounds `time` down to the second; times before 1970 become 0, after 2106 saturate.
+    pub fn from_system_time(time: SystemTime) -> Self {
+        let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Self(u32::try_from(secs).unwrap_or(u32::MAX))
+    }
+
+    /// The same instant as a `SystemTime`.
+    pub fn to_system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(u64::from(self.0))
+    }
+}
+
+/// One subscriber of one tenant: everything a worker needs to encrypt and send to it, plus the
+/// bookkeeping the store keeps about deliveries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// Derived from the endpoint; see [`SubscriptionId`].
+    pub id: SubscriptionId,
+    /// The tenant the subscription belongs to.
+    pub tenant: TenantId,
+    /// Where to send; a secret (its `Debug` is redacted).
+    pub endpoint: Endpoint,
+    /// The user agent's `p256dh` and `auth`.
+    pub keys: SubscriptionKeys,
+    /// Supported content encodings.
+    pub encodings: ContentEncodings,
+    /// The VAPID key the subscription was created with.
+    pub vapid_key: VapidKeyId,
+    /// Topics the subscription is a member of, sorted and without duplicates.
+    pub topics: Vec<Topic>,
+    /// When the subscription was first stored.
+    pub created_at: UnixSeconds,
+    /// The last delivery the push service accepted, if any.
+    pub last_success_at: Option<UnixSeconds>,
+    /// Failed deliveries since the last success (saturates at `u16::MAX`).
+    pub consecutive_failures: u16,
+}
+
+impl Subscription {
+    /// A new subscription with no deliveries yet; the id is derived from the endpoint.
+    ///
+    /// Topics are sorted and deduplicated; more than [`MAX_TOPICS_PER_SUBSCRIPTION`] is an error.
+    pub fn new(
+        tenant: TenantId,
+        subscription: PushSubscription,
+        encodings: ContentEncodings,
+        vapid_key: VapidKeyId,
+        mut topics: Vec<Topic>,
+        created_at: UnixSeconds,
+    ) -> Result<Self, StoreError> {
+        topics.sort();
+        topics.dedup();
+        if topics.len() > MAX_TOPICS_PER_SUBSCRIPTION {
+            return Err(StoreError::TooManyTopics { count: topics.len() });
+        }
+        Ok(Self {
+            id: SubscriptionId::for_endpoint(&subscription.endpoint),
+            tenant,
+            endpoint: subscription.endpoint,
+            keys: subscription.keys,
+            encodings,
+            vapid_key,
+            topics,
+            created_at,
+            last_success_at: None,
+            consecutive_failures: 0,
+        })
+    }
+
+    /// Whether the subscription is a member of `audience`.
+    pub fn is_in(&self, audience: &Audience) -> bool {
+        match audience {
+            Audience::Everyone => true,
+            Audience::Topic(topic) => self.topics.binary_search(topic).is_ok(),
+        }
+    }
+}
+
+/// Who a broadcast goes to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Audience {
+    /// Every subscription of the tenant: an implicit topic everybody is a member of.
+    Everyone,
+    /// The members of one topic.
+    Topic(Topic),
+}
+
+/// How a delivery to one subscription ended, as far as the store cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryResult {
+    /// The push service accepted the message (201).
+    Delivered,
+    /// The attempt failed (but the subscription is not gone; on 404/410 call `remove`).
+    Failed,
+}
+
+/// One delivery outcome to record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeliveryOutcome {
+    /// Which subscription.
+    pub id: SubscriptionId,
+    /// How it went.
+    pub result: DeliveryResult,
+}
+
+/// Where a shard scan continues. Opaque; [`ScanCursor::to_bytes`] and
+/// [`ScanCursor::from_bytes`] carry it across processes (e.g. inside a shard job on the bus).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ScanCursor(pub(crate) CursorPosition);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub(crate) enum CursorPosition {
+    /// The beginning of the shard.
+    #[default]
+    Start,
+    /// A Redis `HSCAN`/`SSCAN` cursor.
+    Redis(u64),
+    /// The embedded store continues after this id (ids are scanned in order).
+    After(SubscriptionId),
+}
+
+impl ScanCursor {
+    /// The beginning of a shard.
+    pub const START: Self = Self(CursorPosition::Start);
+
+    /// A compact byte form: a tag byte, then the position.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self.0 {
+            CursorPosition::Start => vec![0],
+            CursorPosition::Redis(cursor) => [&[1][..], &cursor.to_be_bytes()].concat(),
+            CursorPosition::After(id) => [&[2][..], id.as_bytes()].concat(),
+        }
+    }
+
+    /// Reads what [`ScanCursor::to_bytes`] wrote.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, StoreError> {
+        let position = match bytes {
+            [0] => CursorPosition::Start,
+            [1, rest @ ..] => CursorPosition::Redis(u64::from_be_bytes(
+                rest.try_into().map_err(|_| StoreError::InvalidCursor)?,
+            )),
+            [2, rest @ ..] => CursorPosition::After(SubscriptionId::from_bytes(
+                rest.try_into().map_err(|_| StoreError::InvalidCursor)?,
+            )),
+            _ => return Err(StoreError::InvalidCursor),
+        };
+        Ok(Self(position))
+    }
+}
+
+/// One page of a shard scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Full records, ready to encrypt for.
+    pub subscriptions: Vec<Subscription>,
+    /// Where to continue; `None` when the shard is done.
+    pub next: Option<ScanCursor>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated_and_the_reason_is_given() {
+        assert_eq!(TenantId::new("acme-prod_1.eu").unwrap().as_str(), "acme-prod_1.eu");
+        for bad in ["", "a{b}", "a:b", "ä", &"x".repeat(65)] {
+            let err = TenantId::new(bad).unwrap_err();
+            assert!(matches!(err, StoreError::InvalidName { kind: "tenant", .. }), "{bad}: {err}");
+        }
+        assert!(Topic::new("news/sport:eu").is_ok());
+        assert!(matches!(Topic::new("a b"), Err(StoreError::InvalidName { kind: "topic", .. })));
+    }
+
+    #[test]
+    fn ids_are_stable_per_endpoint() {
+        let policy = pushfan_webpush::EndpointPolicy::default();
+        let a = Endpoint::parse("https://push.example/a", policy).unwrap();
+        let b = Endpoint::parse("https://push.example/b", policy).unwrap();
+        assert_eq!(SubscriptionId::for_endpoint(&a), SubscriptionId::for_endpoint(&a.clone()));
+        assert_ne!(SubscriptionId::for_endpoint(&a), SubscriptionId::for_endpoint(&b));
+        // The first 16 bytes of SHA-256("https://push.example/a").
+        assert_eq!(SubscriptionId::for_endpoint(&a).to_string(), "378f13c84514cc9b2fdf033f09eee9fe");
+    }
+
+    #[test]
+    fn cursors_round_trip_through_bytes() {
+        let id = SubscriptionId::from_bytes([7; 16]);
+        for cursor in
+            [ScanCursor::START, ScanCursor(CursorPosition::Redis(42)), ScanCursor(CursorPosition::After(id))]
+        {
+            assert_eq!(ScanCursor::from_bytes(&cursor.to_bytes()).unwrap(), cursor);
+        }
+        for bad in [&[][..], &[1, 2, 3], &[9]] {
+            assert!(matches!(ScanCursor::from_bytes(bad), Err(StoreError::InvalidCursor)));
+        }
+    }
+
+    #[test]
+    fn encodings_are_a_bitset() {
+        let both = ContentEncodings::AES128GCM.union(ContentEncodings::AESGCM);
+        assert!(both.contains(ContentEncodings::AESGCM));
+        assert!(!ContentEncodings::AES128GCM.contains(ContentEncodings::AESGCM));
+        assert_eq!(ContentEncodings::from_bits(both.bits()), Some(both));
+        assert_eq!(ContentEncodings::from_bits(4), None);
+        assert_eq!(format!("{both:?}"), r#"{"aes128gcm", "aesgcm"}"#);
+    }
+
+    #[test]
+    fn times_are_whole_seconds_and_saturate() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_999);
+        assert_eq!(UnixSeconds::from_system_time(t), UnixSeconds(1_700_000_000));
+        assert_eq!(UnixSeconds::from_system_time(UNIX_EPOCH - Duration::from_secs(1)), UnixSeconds(0));
+        let far = UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) + 10);
+        assert_eq!(UnixSeconds::from_system_time(far), UnixSeconds(u32::MAX));
+    }
+}
