@@ -1,0 +1,239 @@
+//! The store conformance suite, run against every backend on real servers: the embedded store
+//! in a temporary directory, a single Redis and a 3-master Redis Cluster (both started by
+//! `scripts/test`; see `scripts/setup.d/20-redis.sh`).
+//!
+//! Each test uses its own tenant, so tests run in parallel against one server.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{ids, scan_all, scan_ids, subscription, topic, unique_tenant};
+use pushfan_store::{
+    Audience, DeliveryOutcome, DeliveryResult, EmbeddedStore, RedisConfig, RedisStore, RedisTarget,
+    ScanCursor, ShardCount, ShardId, StoreError, Subscription, SubscriptionStore, UnixSeconds,
+};
+
+/// The shard count every conformance test uses (small, so shards hold many members).
+const SHARDS: u16 = 8;
+
+/// A store under test, plus whatever must live as long as it (the embedded store's directory).
+struct Fixture {
+    store: Arc<dyn SubscriptionStore>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn embedded() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), ShardCount::new(SHARDS).unwrap()).unwrap();
+    Fixture { store: Arc::new(store), _dir: Some(dir) }
+}
+
+async fn redis_single() -> Fixture {
+    let config = RedisConfig::new(RedisTarget::Single(common::redis_url()), ShardCount::new(SHARDS).unwrap());
+    Fixture { store: Arc::new(RedisStore::connect(config).await.unwrap()), _dir: None }
+}
+
+async fn redis_cluster() -> Fixture {
+    let config =
+        RedisConfig::new(RedisTarget::Cluster(common::cluster_urls()), ShardCount::new(SHARDS).unwrap());
+    Fixture { store: Arc::new(RedisStore::connect(config).await.unwrap()), _dir: None }
+}
+
+fn batch(
+    tenant: &pushfan_store::TenantId,
+    range: std::ops::Range<u32>,
+    topics: &[&str],
+) -> Vec<Subscription> {
+    range.map(|n| subscription(tenant, n, topics)).collect()
+}
+
+async fn import_get_and_reimport_are_idempotent(store: &dyn SubscriptionStore) {
+    let tenant = unique_tenant("import");
+    let subs = batch(&tenant, 0..200, &["news"]);
+    assert_eq!(store.import(&subs).await.unwrap(), 200);
+    assert_eq!(store.get(&tenant, subs[3].id).await.unwrap().as_ref(), Some(&subs[3]));
+    assert_eq!(store.get(&tenant, subs[7].id).await.unwrap().as_ref(), Some(&subs[7]));
+
+    // The same endpoints again: same ids, no duplicates; changed fields replace the old ones.
+    let mut again = batch(&tenant, 0..200, &["news"]);
+    again[3].vapid_key = pushfan_store::VapidKeyId(99);
+    assert_eq!(store.import(&again).await.unwrap(), 200);
+    assert_eq!(store.get(&tenant, subs[3].id).await.unwrap().unwrap().vapid_key.0, 99);
+    assert_eq!(scan_ids(store, &tenant, &Audience::Everyone).await, ids(&subs));
+
+    // A batch naming one id twice keeps the last.
+    let mut twice = vec![subscription(&tenant, 500, &["a"]), subscription(&tenant, 500, &["b"])];
+    twice[1].vapid_key = pushfan_store::VapidKeyId(7);
+    assert_eq!(store.import(&twice).await.unwrap(), 1);
+    assert_eq!(store.get(&tenant, twice[0].id).await.unwrap().as_ref(), Some(&twice[1]));
+    assert!(scan_ids(store, &tenant, &Audience::Topic(topic("a"))).await.is_empty());
+}
+
+async fn scans_return_every_member_with_full_records(store: &dyn SubscriptionStore) {
+    let tenant = unique_tenant("scan");
+    let mut subs = batch(&tenant, 0..300, &[]);
+    subs.extend(batch(&tenant, 300..420, &["sport", "news"]));
+    subs.extend(batch(&tenant, 420..450, &["sport"]));
+    store.import(&subs).await.unwrap();
+
+    for page_size in [1, 7, 1000] {
+        let everyone = scan_all(store, &tenant, &Audience::Everyone, page_size).await;
+        assert_eq!(ids(&everyone), ids(&subs), "page size {page_size}");
+        // Full records come back, not just ids.
+        for found in &everyone {
+            assert_eq!(Some(found), subs.iter().find(|s| s.id == found.id));
+        }
+    }
+    let sport = scan_all(store, &tenant, &Audience::Topic(topic("sport")), 16).await;
+    assert_eq!(ids(&sport), ids(&subs[300..450]));
+    let news = scan_ids(store, &tenant, &Audience::Topic(topic("news"))).await;
+    assert_eq!(news, ids(&subs[300..420]));
+    assert!(scan_ids(store, &tenant, &Audience::Topic(topic("nobody"))).await.is_empty());
+}
+
+async fn remove_deletes_records_and_memberships(store: &dyn SubscriptionStore) {
+    let tenant = unique_tenant("remove");
+    let subs = batch(&tenant, 0..100, &["news"]);
+    store.import(&subs).await.unwrap();
+    let gone: Vec<_> = subs[..40].iter().map(|s| s.id).collect();
+    let unknown = subscription(&unique_tenant("other"), 9999, &[]).id;
+    assert_eq!(store.remove(&tenant, &[gone.as_slice(), &[unknown]].concat()).await.unwrap(), 40);
+    assert_eq!(store.remove(&tenant, &gone).await.unwrap(), 0);
+    assert_eq!(store.get(&tenant, gone[0]).await.unwrap(), None);
+    assert_eq!(scan_ids(store, &tenant, &Audience::Everyone).await, ids(&subs[40..]));
+    assert_eq!(scan_ids(store, &tenant, &Audience::Topic(topic("news"))).await, ids(&subs[40..]));
+}
+
+async fn tag_and_untag_change_topics(store: &dyn SubscriptionStore) {
+    let tenant = unique_tenant("tag");
+    let subs = batch(&tenant, 0..60, &["news"]);
+    store.import(&subs).await.unwrap();
+    let first: Vec<_> = subs[..20].iter().map(|s| s.id).collect();
+    let vip = topic("vip");
+
+    assert_eq!(store.tag(&tenant, &first, &vip).await.unwrap(), 20);
+    assert_eq!(store.tag(&tenant, &first, &vip).await.unwrap(), 0, "already tagged");
+    assert_eq!(scan_ids(store, &tenant, &Audience::Topic(vip.clone())).await, ids(&subs[..20]));
+    let tagged = store.get(&tenant, first[0]).await.unwrap().unwrap();
+    assert_eq!(tagged.topics, vec![topic("news"), vip.clone()]);
+
+    assert_eq!(store.untag(&tenant, &first[..5], &vip).await.unwrap(), 5);
+    assert_eq!(store.untag(&tenant, &first[..5], &vip).await.unwrap(), 0);
+    assert_eq!(scan_ids(store, &tenant, &Audience::Topic(vip.clone())).await, ids(&subs[5..20]));
+    assert_eq!(store.get(&tenant, first[0]).await.unwrap().unwrap().topics, vec![topic("news")]);
+
+    // Re-importing without the topic drops the membership too.
+    let untagged: Vec<_> =
+        subs[5..10].iter().map(|s| Subscription { topics: Vec::new(), ..s.clone() }).collect();
+    store.import(&untagged).await.unwrap();
+    assert_eq!(scan_ids(store, &tenant, &Audience::Topic(vip)).await, ids(&subs[10..20]));
+    assert_eq!(scan_ids(store, &tenant, &Audience::Topic(topic("news"))).await.len(), 55);
+}
+
+async fn outcomes_are_recorded_in_batches(store: &dyn SubscriptionStore) {
+    let tenant = unique_tenant("outcome");
+    let subs = batch(&tenant, 0..50, &[]);
+    store.import(&subs).await.unwrap();
+    let failed = |s: &Subscription| DeliveryOutcome { id: s.id, result: DeliveryResult::Failed };
+    let delivered = |s: &Subscription| DeliveryOutcome { id: s.id, result: DeliveryResult::Delivered };
+    let failures: Vec<_> = subs.iter().map(failed).collect();
+    assert_eq!(store.record_outcomes(&tenant, &failures, UnixSeconds(10)).await.unwrap(), 50);
+    assert_eq!(store.record_outcomes(&tenant, &failures[..10], UnixSeconds(11)).await.unwrap(), 10);
+    let successes: Vec<_> = subs[..5].iter().map(delivered).collect();
+    store.record_outcomes(&tenant, &successes, UnixSeconds(1_800_000_000)).await.unwrap();
+    store.remove(&tenant, &[subs[49].id]).await.unwrap();
+    assert_eq!(
+        store.record_outcomes(&tenant, &failures[45..], UnixSeconds(12)).await.unwrap(),
+        4,
+        "removed one"
+    );
+
+    let read = |n: usize| store.get(&tenant, subs[n].id);
+    let ok = read(0).await.unwrap().unwrap();
+    assert_eq!((ok.last_success_at, ok.consecutive_failures), (Some(UnixSeconds(1_800_000_000)), 0));
+    assert_eq!(read(7).await.unwrap().unwrap().consecutive_failures, 2);
+    let once = read(20).await.unwrap().unwrap();
+    assert_eq!((once.last_success_at, once.consecutive_failures), (None, 1));
+    // Everything else in the record is untouched.
+    assert_eq!(Subscription { consecutive_failures: 0, ..once }, subs[20]);
+}
+
+async fn tenants_are_isolated(store: &dyn SubscriptionStore) {
+    let owner = unique_tenant("owner");
+    let intruder = unique_tenant("intruder");
+    let subs = batch(&owner, 0..30, &["news"]);
+    store.import(&subs).await.unwrap();
+    let all: Vec<_> = subs.iter().map(|s| s.id).collect();
+    assert_eq!(store.get(&intruder, all[0]).await.unwrap(), None);
+    assert!(scan_ids(store, &intruder, &Audience::Everyone).await.is_empty());
+    assert!(scan_ids(store, &intruder, &Audience::Topic(topic("news"))).await.is_empty());
+    assert_eq!(store.remove(&intruder, &all).await.unwrap(), 0);
+    assert_eq!(store.tag(&intruder, &all, &topic("x")).await.unwrap(), 0);
+    let failures: Vec<_> =
+        all.iter().map(|&id| DeliveryOutcome { id, result: DeliveryResult::Failed }).collect();
+    assert_eq!(store.record_outcomes(&intruder, &failures, UnixSeconds(1)).await.unwrap(), 0);
+    assert_eq!(scan_ids(store, &owner, &Audience::Everyone).await, ids(&subs));
+    assert_eq!(store.get(&owner, all[0]).await.unwrap().unwrap().consecutive_failures, 0);
+}
+
+async fn bad_scan_arguments_are_errors(store: &dyn SubscriptionStore) {
+    let tenant = unique_tenant("args");
+    let beyond = ShardId(SHARDS);
+    let err =
+        store.scan_shard(&tenant, &Audience::Everyone, beyond, ScanCursor::START, 10).await.unwrap_err();
+    assert!(matches!(err, StoreError::ShardOutOfRange { shard: 8, count: 8 }), "{err}");
+    // Each kind of store refuses the other's cursors.
+    let redis_cursor = ScanCursor::from_bytes(&[1, 0, 0, 0, 0, 0, 0, 0, 7]).unwrap();
+    let embedded_cursor = ScanCursor::from_bytes(&[[2u8].as_slice(), &[0; 16]].concat()).unwrap();
+    let results = [
+        store.scan_shard(&tenant, &Audience::Everyone, ShardId(0), redis_cursor, 10).await,
+        store.scan_shard(&tenant, &Audience::Everyone, ShardId(0), embedded_cursor, 10).await,
+    ];
+    assert_eq!(results.iter().filter(|r| matches!(r, Err(StoreError::InvalidCursor))).count(), 1);
+}
+
+macro_rules! conformance {
+    ($backend:ident) => {
+        mod $backend {
+            #[tokio::test]
+            async fn import_get_and_reimport_are_idempotent() {
+                super::import_get_and_reimport_are_idempotent(&*super::$backend().await.store).await;
+            }
+
+            #[tokio::test]
+            async fn scans_return_every_member_with_full_records() {
+                super::scans_return_every_member_with_full_records(&*super::$backend().await.store).await;
+            }
+
+            #[tokio::test]
+            async fn remove_deletes_records_and_memberships() {
+                super::remove_deletes_records_and_memberships(&*super::$backend().await.store).await;
+            }
+
+            #[tokio::test]
+            async fn tag_and_untag_change_topics() {
+                super::tag_and_untag_change_topics(&*super::$backend().await.store).await;
+            }
+
+            #[tokio::test]
+            async fn outcomes_are_recorded_in_batches() {
+                super::outcomes_are_recorded_in_batches(&*super::$backend().await.store).await;
+            }
+
+            #[tokio::test]
+            async fn tenants_are_isolated() {
+                super::tenants_are_isolated(&*super::$backend().await.store).await;
+            }
+
+            #[tokio::test]
+            async fn bad_scan_arguments_are_errors() {
+                super::bad_scan_arguments_are_errors(&*super::$backend().await.store).await;
+            }
+        }
+    };
+}
+
+conformance!(embedded);
+conformance!(redis_single);
+conformance!(redis_cluster);
