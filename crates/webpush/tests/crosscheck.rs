@@ -1,6 +1,6 @@
-//! Cross-implementation tests: pushfan-webpush against independent Web Push implementations, on
-//! every backend. Python runs PyPI's `http_ece` (by an RFC 8188 author) and `pywebpush`; Node runs
-//! npm's `web-push` and the `http_ece` it depends on.
+//! Cross-implementation tests: pushfan-webpush against independent Web Push implementations.
+//! Encryption, on every backend: PyPI's `http_ece` (by an RFC 8188 author) and `pywebpush`, npm's
+//! `web-push` and the `http_ece` it depends on. VAPID: PyJWT, `py_vapid`, `cryptography`, `web-push`.
 //!
 //! The other sides are `tests/crosscheck/check.py` and `check.js`; `scripts/setup.d/10-crosscheck.sh`
 //! installs their pinned dependencies and exports `PUSHFAN_CROSSCHECK_PYTHON` and
@@ -9,8 +9,10 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use pushfan_webpush::message::encrypt_with_keys;
+use pushfan_webpush::vapid::{self, Subject, TokenCache, VapidKey, VapidSigner};
 use pushfan_webpush::{
     b64, encrypt, AesgcmParams, Backend, ContentEncoding, EncryptedPush, Padding, UserAgentKeys,
 };
@@ -321,5 +323,121 @@ fn http_ece_refuses_a_body_with_one_flipped_byte() {
                 assert!(result.get("error").is_some(), "{peer:?} read {label}: {result}");
             }
         }
+    }
+}
+
+/// PyJWT and py_vapid check the real clock, so these tokens are signed against it too.
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[test]
+fn pyjwt_and_py_vapid_verify_our_vapid_tokens() {
+    let now = now_unix();
+    let mut cases = Vec::new();
+    let mut expected = Vec::new();
+    for (subject, audience) in [
+        ("mailto:ops@pushfan.example", "https://fcm.googleapis.com"),
+        ("https://pushfan.example/contact", "https://push.example.net:8443"),
+    ] {
+        let signer = VapidSigner::new(VapidKey::generate(), Subject::parse(subject).unwrap());
+        let token = TokenCache::new(signer).token(audience, now);
+        let claims = json!({ "aud": audience, "exp": token.expires_at, "sub": subject });
+        let key = &token.public_key_base64;
+        let case = |authorization: &str, aud: &str| {
+            json!({ "op": "verify_vapid", "authorization": authorization, "aud": aud,
+                    "crypto_key": format!("p256ecdsa={key}") })
+        };
+        cases.push(case(&token.authorization, audience));
+        expected.push((format!("{audience} vapid"), Ok(("vapid", claims.clone()))));
+        cases.push(case(&token.legacy_authorization(), audience));
+        expected.push((format!("{audience} legacy WebPush"), Ok(("WebPush", claims))));
+
+        // One base64url character in the middle of the signature, changed.
+        let mut forged = token.jwt.clone().into_bytes();
+        let at = forged.len() - 20;
+        forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        cases.push(case(&format!("vapid t={forged}, k={key}"), audience));
+        expected.push((format!("{audience} forged signature"), Err("InvalidSignatureError")));
+        cases.push(case(&token.authorization, "https://other.example"));
+        expected.push((format!("{audience} other audience"), Err("InvalidAudienceError")));
+    }
+    for (result, (label, expected)) in Peer::Python.run(&cases).iter().zip(&expected) {
+        match expected {
+            Ok((scheme, claims)) => {
+                assert!(result.get("error").is_none(), "{label}: {result}");
+                assert_eq!(result["scheme"], *scheme, "{label}");
+                assert_eq!(result["jwt_header"], json!({ "typ": "JWT", "alg": "ES256" }), "{label}");
+                assert_eq!(result["pyjwt_claims"], *claims, "{label}: PyJWT");
+                assert_eq!(result["py_vapid_claims"], *claims, "{label}: py_vapid");
+                assert_eq!(result["py_vapid_token_ok"], true, "{label}: py_vapid");
+            }
+            Err(error) => {
+                let got = result["error"].as_str().unwrap_or_else(|| panic!("{label} verified: {result}"));
+                assert!(got.starts_with(error), "{label}: expected {error}, got {got}");
+            }
+        }
+    }
+}
+
+#[test]
+fn we_verify_py_vapid_and_web_push_tokens() {
+    let now = now_unix();
+    let exp = now + 3600;
+    let (aud, sub) = ("https://push.example.net:8443", "mailto:ops@pushfan.example");
+    let python = Peer::Python.run(&[json!({ "op": "sign_vapid", "aud": aud, "sub": sub, "exp": exp })]);
+    let authorization =
+        python[0]["authorization"].as_str().unwrap_or_else(|| panic!("py_vapid: {}", python[0]));
+    let verified = vapid::verify(authorization, aud, now).unwrap_or_else(|e| panic!("py_vapid token: {e}"));
+    assert_eq!(b64::encode(&verified.public_key), python[0]["public"], "py_vapid key");
+    assert_eq!((verified.subject.as_str(), verified.expires_at), (sub, exp), "py_vapid claims");
+
+    // web-push signs with keys we exported, which its own validation accepts first.
+    let ours = VapidKey::generate();
+    let node = Peer::Node.run(&[json!({
+        "op": "vapid_headers", "aud": aud, "sub": sub, "exp": exp, "version": "aes128gcm",
+        "public_key": ours.public_base64(), "private_key": ours.private_base64(),
+    })]);
+    let authorization = node[0]["Authorization"].as_str().unwrap_or_else(|| panic!("web-push: {}", node[0]));
+    let verified = vapid::verify(authorization, aud, now).unwrap_or_else(|e| panic!("web-push token: {e}"));
+    assert_eq!(&verified.public_key, ours.public_key(), "web-push key");
+    assert_eq!((verified.subject.as_str(), verified.expires_at), (sub, exp), "web-push claims");
+}
+
+#[test]
+fn vapid_keys_move_between_us_python_and_node() {
+    let ours: Vec<VapidKey> = (0..3).map(|_| VapidKey::generate()).collect();
+    let mut cases: Vec<Value> = ours
+        .iter()
+        .map(|key| json!({ "op": "import_key", "pem": key.to_pkcs8_pem(), "raw": key.private_base64() }))
+        .collect();
+    cases.extend((0..3).map(|_| json!({ "op": "generate_key" })));
+    let results = Peer::Python.run(&cases);
+    let (imported, generated) = results.split_at(ours.len());
+    for (key, result) in ours.iter().zip(imported) {
+        for how in ["cryptography_pem", "py_vapid_pem", "py_vapid_raw"] {
+            assert_eq!(result[how], key.public_base64(), "{how} import of our {key:?}: {result}");
+        }
+    }
+    for result in generated {
+        let public = result["public"].as_str().unwrap_or_else(|| panic!("py_vapid: {result}"));
+        for (how, key) in [
+            ("PKCS#8 PEM", VapidKey::from_pem(result["pkcs8_pem"].as_str().unwrap())),
+            ("SEC1 PEM", VapidKey::from_pem(result["sec1_pem"].as_str().unwrap())),
+            ("raw base64url", VapidKey::from_base64(result["raw"].as_str().unwrap())),
+        ] {
+            let key = key.unwrap_or_else(|e| panic!("py_vapid key as {how}: {e}"));
+            assert_eq!(key.public_base64(), public, "py_vapid key as {how}");
+        }
+    }
+
+    // Many keys, so that across runs the rare scalar with a leading zero byte (1 in 256), which
+    // web-push once emitted unpadded, comes by too.
+    let generated = Peer::Node.run(&vec![json!({ "op": "generate_vapid_keys" }); 32]);
+    for result in &generated {
+        let private = result["privateKey"].as_str().unwrap_or_else(|| panic!("web-push: {result}"));
+        let key = VapidKey::from_base64(private).unwrap_or_else(|e| panic!("web-push key {result}: {e}"));
+        assert_eq!(key.public_base64(), result["publicKey"], "web-push key");
     }
 }

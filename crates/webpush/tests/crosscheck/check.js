@@ -47,6 +47,12 @@ const ops = {
     const details = webpush.generateRequestDetails(subscription, bytes(c.plaintext), options);
     return { body: b64(details.body), headers: details.headers };
   },
+
+  // A key pair as `web-push generate-vapid-keys` makes it.
+  generate_vapid_keys: () => webpush.generateVAPIDKeys(),
+
+  // web-push's VAPID headers for a given key (checked by its own key validation first).
+  vapid_headers: (c) => webpush.getVapidHeaders(c.aud, c.sub, c.public_key, c.private_key, c.version, c.exp),
 };
 
 function run(c) {

@@ -10,8 +10,14 @@ import json
 import sys
 
 import http_ece
+import jwt
+import py_vapid
+import py_vapid.jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pywebpush import WebPusher
+
+RAW_POINT = (serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
 
 
 def b64d(text):
@@ -24,6 +30,10 @@ def b64e(data):
 
 def private_key(raw_b64):
     return ec.derive_private_key(int.from_bytes(b64d(raw_b64), "big"), ec.SECP256R1())
+
+
+def raw_public(key):
+    return b64e(key.public_bytes(*RAW_POINT))
 
 
 def decrypt(c):
@@ -63,7 +73,69 @@ def pywebpush_encode(c):
     return result
 
 
-OPS = {f.__name__: f for f in (decrypt, encrypt_fixed, pywebpush_encode)}
+def verify_vapid(c):
+    """Reads a VAPID Authorization header as a push service would, with PyJWT and with py_vapid.
+
+    `vapid t=..., k=...` (RFC 8292) or legacy `WebPush <jwt>` with the key in c["crypto_key"].
+    py_vapid's own header parser (Vapid02.verify) splits at the last space and so cannot read the
+    `, k=` form that pushfan and npm web-push send; its token check and JWT decoder are used instead.
+    """
+    scheme, params = c["authorization"].split(" ", 1)
+    if scheme == "vapid":
+        fields = dict(p.strip().split("=", 1) for p in params.split(","))
+        token, key = fields["t"], fields["k"]
+    else:
+        token, key = params, c["crypto_key"].removeprefix("p256ecdsa=")
+    public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b64d(key))
+    claims = jwt.decode(token, public, algorithms=["ES256"], audience=c["aud"], options={"require": ["aud", "exp", "sub"]})
+    signed, signature = token.rsplit(".", 1)
+    return {
+        "scheme": scheme,
+        "key": key,
+        "jwt_header": jwt.get_unverified_header(token),
+        "pyjwt_claims": claims,
+        "py_vapid_claims": py_vapid.jwt.decode(token, key),
+        "py_vapid_token_ok": py_vapid.Vapid02.from_raw_public(key.encode()).verify_token(signed.encode(), signature),
+    }
+
+
+def import_key(c):
+    """Imports a private key as PKCS#8 PEM (cryptography, py_vapid) and as a raw scalar (py_vapid)."""
+    return {
+        "cryptography_pem": raw_public(serialization.load_pem_private_key(c["pem"].encode(), None).public_key()),
+        "py_vapid_pem": raw_public(py_vapid.Vapid02.from_pem(c["pem"].encode()).public_key),
+        "py_vapid_raw": raw_public(py_vapid.Vapid02.from_raw(c["raw"].encode()).public_key),
+    }
+
+
+def generate_key(c):
+    """A py_vapid key as PKCS#8 PEM, as SEC1 PEM (cryptography) and as the raw private scalar."""
+    vapid = py_vapid.Vapid02()
+    vapid.generate_keys()
+    key = vapid.private_key
+    sec1 = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    return {
+        "pkcs8_pem": vapid.private_pem().decode(),
+        "sec1_pem": sec1.decode(),
+        "raw": b64e(key.private_numbers().private_value.to_bytes(32, "big")),
+        "public": raw_public(key.public_key()),
+    }
+
+
+def sign_vapid(c):
+    """A py_vapid Authorization header from a fresh key, for the Rust side to verify."""
+    vapid = py_vapid.Vapid02()
+    vapid.generate_keys()
+    header = vapid.sign({"aud": c["aud"], "sub": c["sub"], "exp": c["exp"]})
+    return {"authorization": header["Authorization"], "public": raw_public(vapid.public_key)}
+
+
+OPS = {
+    f.__name__: f
+    for f in (decrypt, encrypt_fixed, pywebpush_encode, verify_vapid, import_key, generate_key, sign_vapid)
+}
 
 
 def run(case):
