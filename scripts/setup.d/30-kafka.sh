@@ -26,11 +26,15 @@ fi
 
 tansu_dir="$PUSHFAN_RUN_DIR/tansu"
 mkdir -p "$tansu_dir"
-"$tansu_bin" broker \
-  --listener-url "tcp://127.0.0.1:$tansu_port" \
-  --advertised-listener-url "tcp://127.0.0.1:$tansu_port" \
-  --storage-engine "sqlite://$tansu_dir/tansu.db" \
-  >"$tansu_dir/tansu.log" 2>&1 &
+# tansu resolves a sqlite path relative to its working directory, so it runs inside the run dir.
+(
+  cd "$tansu_dir"
+  exec "$tansu_bin" broker \
+    --listener-url "tcp://127.0.0.1:$tansu_port" \
+    --advertised-listener-url "tcp://127.0.0.1:$tansu_port" \
+    --storage-engine "sqlite://tansu.db" \
+    >tansu.log 2>&1
+) &
 tansu_pid=$!
 cleanup_steps+=("kill $tansu_pid 2>/dev/null; wait $tansu_pid 2>/dev/null")
 

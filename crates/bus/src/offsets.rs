@@ -54,10 +54,11 @@ impl OffsetTracker {
         generation
     }
 
-    /// The consumer lost `partition`; returns the position to commit for it before letting go,
-    /// if it advanced since the last commit. Later acks for the partition are ignored.
+    /// The consumer lost `partition`; returns the position to commit for it before letting go
+    /// (even if committed before: a commit in flight during a rebalance can be lost), if any
+    /// record was handed out. Later acks for the partition are ignored.
     pub(crate) fn revoke(&mut self, partition: i32) -> Option<i64> {
-        self.partitions.remove(&partition)?.uncommitted_position()
+        self.partitions.remove(&partition)?.safe_position()
     }
 
     /// `offset` of `partition` is being handed to a handler; returns the generation its ack must
@@ -190,13 +191,15 @@ mod tests {
     }
 
     #[test]
-    fn revoke_without_progress_commits_nothing() {
+    fn revoke_recommits_the_safe_position_and_nothing_without_records() {
         let mut tracker = OffsetTracker::default();
         let generation = tracker.assign(0);
         tracker.track(0, 5);
         tracker.ack(0, generation, 5);
         assert_eq!(tracker.take_commits(), [(0, 6)]);
-        assert_eq!(tracker.revoke(0), None);
+        assert_eq!(tracker.revoke(0), Some(6), "committed again in case the earlier commit was lost");
+        tracker.assign(1);
+        assert_eq!(tracker.revoke(1), None, "nothing read, nothing to commit");
         assert_eq!(tracker.revoke(7), None, "never owned");
     }
 }

@@ -16,7 +16,7 @@ fn bus(queue_capacity: usize) -> EmbeddedBus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_after_a_member_dies_loses_nothing() {
-    let report = common::takeover_loses_nothing(&bus(64), 400, 5, Duration::from_millis(400)).await;
+    let report = common::takeover_loses_nothing(&bus(64), 400, 5, Duration::from_millis(10)).await;
     assert!(report.duplicates <= 5, "only the held, unacked messages are redone: {report:?}");
 }
 

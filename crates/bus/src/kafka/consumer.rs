@@ -9,8 +9,12 @@
 //! ignored from then on, and its records still buffered in the channel are dropped instead of
 //! handed out. The partition's next owner re-reads that work from the committed position.
 //!
+//! Rebalancing is incremental (`cooperative-sticky`): only partitions that move are revoked.
+//!
 //! Commits: the poll thread commits, every `commit_interval`, each partition's position up to
-//! its lowest unacked offset. Nothing is auto-committed or auto-stored.
+//! its lowest unacked offset, synchronously; a failed commit is retried on the next tick. On
+//! revoke the safe position is committed again even if it was committed before, in case that
+//! commit was lost in the rebalance. Nothing is auto-committed or auto-stored.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -76,7 +80,13 @@ impl KafkaSubscription {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", millis(config.session_timeout));
+            // Incremental rebalancing: members keep their partitions (and keep committing them)
+            // while others join or leave. With the eager protocol every member drops everything
+            // and its commits fail until it rejoins; on the mock cluster that redid ~300 of 600
+            // records after one member died, against 10 (its unacked ones) with this.
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", millis(config.session_timeout))
+            .set("heartbeat.interval.ms", millis(config.heartbeat_interval));
         config.apply_extra(&mut client);
         let consumer: BaseConsumer<RebalanceContext> =
             client.create_with_context(context).map_err(|e| BusError::Config(Box::new(e)))?;
@@ -237,7 +247,7 @@ impl PollLoop {
             }
             self.commit_if_due();
         }
-        self.commit(CommitMode::Sync);
+        self.commit();
         debug!(topic = %self.topic, "consumer leaving its group");
         // Dropping the consumer closes it: it leaves the group, running the revoke callback.
     }
@@ -280,12 +290,16 @@ impl PollLoop {
 
     fn commit_if_due(&mut self) {
         if self.last_commit.elapsed() >= self.commit_interval {
-            self.commit(CommitMode::Async);
+            self.commit();
             self.last_commit = Instant::now();
         }
     }
 
-    fn commit(&self, mode: CommitMode) {
+    /// Commits synchronously: the result is then known here, rather than in a callback that
+    /// librdkafka delivers on its own schedule, so a failed commit is reliably retried. It
+    /// costs one coordinator round trip per `commit_interval` on this thread, while the
+    /// handlers keep working through the buffered records.
+    fn commit(&self) {
         let positions = lock(&self.tracker).take_commits();
         if positions.is_empty() {
             return;
@@ -295,7 +309,7 @@ impl PollLoop {
             // Cannot fail: each partition appears once.
             let _ = list.add_partition_offset(&self.topic_name, partition, Offset::Offset(position));
         }
-        match self.consumer.commit(&list, mode) {
+        match self.consumer.commit(&list, CommitMode::Sync) {
             Ok(()) => counter!("pushfan_bus_commits_total", "topic" => self.topic.name()).increment(1),
             Err(error) => {
                 warn!(topic = %self.topic, %error, "commit failed; retrying on the next tick");

@@ -55,6 +55,9 @@ pub struct KafkaConfig {
     pub commit_interval: Duration,
     /// `session.timeout.ms`: how long a silent consumer keeps its partitions.
     pub session_timeout: Duration,
+    /// `heartbeat.interval.ms`: how soon a member learns the group is rebalancing. Its commits
+    /// fail until it rejoins, so a short interval means fewer records redone after a rebalance.
+    pub heartbeat_interval: Duration,
     /// Further librdkafka properties (security, tuning), applied last.
     pub extra: Vec<(String, String)>,
 }
@@ -74,6 +77,7 @@ impl KafkaConfig {
             consumer_buffer: 64,
             commit_interval: Duration::from_millis(200),
             session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_millis(500),
             extra: Vec::new(),
         }
     }

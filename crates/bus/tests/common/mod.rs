@@ -85,6 +85,7 @@ pub async fn produce_paced<B: Bus>(bus: B, range: std::ops::Range<usize>, chunk:
 /// What the takeover scenario observed.
 #[derive(Debug, Default)]
 pub struct TakeoverReport {
+    pub produced: usize,
     pub handled_by_a: usize,
     pub handled_by_b: usize,
     pub duplicates: usize,
@@ -92,15 +93,16 @@ pub struct TakeoverReport {
     pub partitions_b_after_kill: BTreeSet<i32>,
 }
 
-/// Two members of one group share `total` messages; member A is killed mid-stream (dropped with
-/// `held_unacked` messages handled but never acked), and B must end up handling every message
-/// A did not ack. Asserts nothing was lost; returns the observations for bus-specific checks.
-/// The messages are produced over about `stream_for`, so the kill lands mid-stream.
+/// Two members of one group share a stream of messages; member A is killed mid-stream (dropped
+/// with `held_unacked` messages handled but never acked), and B must end up handling every
+/// message A did not ack. The stream (chunks of 20, `pause` apart) runs until A has been dead
+/// for five chunks and at least `min_total` were sent, so the kill lands mid-stream however long
+/// the group takes to split. Asserts nothing was lost; returns the observations for bus-specific checks.
 pub async fn takeover_loses_nothing<B: Bus>(
     bus: &B,
-    total: usize,
+    min_total: usize,
     held_unacked: usize,
-    stream_for: Duration,
+    pause: Duration,
 ) -> TakeoverReport {
     let group = "workers";
     let handled: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
@@ -108,9 +110,32 @@ pub async fn takeover_loses_nothing<B: Bus>(
     let mut b = bus.consume::<ShardJob>(group).expect("B joins");
     let b_count = Arc::new(AtomicU64::new(0));
     let a_killed = Arc::new(AtomicBool::new(false));
+    let produced = Arc::new(AtomicU64::new(0));
+    let producing_done = Arc::new(AtomicBool::new(false));
 
-    let chunks = u32::try_from(total.div_ceil(20)).unwrap_or(u32::MAX);
-    let producer = tokio::spawn(produce_paced(bus.clone(), 0..total, 20, stream_for / chunks));
+    let producer = {
+        let (bus, a_killed, produced, producing_done) =
+            (bus.clone(), Arc::clone(&a_killed), Arc::clone(&produced), Arc::clone(&producing_done));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut next = 0;
+            // Keep streaming a while after the kill, so B's takeover covers every partition.
+            let mut chunks_after_kill = 0;
+            while chunks_after_kill < 5 || next < min_total {
+                if started.elapsed() > WAIT {
+                    break;
+                }
+                if a_killed.load(Ordering::Relaxed) {
+                    chunks_after_kill += 1;
+                }
+                produce_paced(bus.clone(), next..next + 20, 20, Duration::ZERO).await;
+                next += 20;
+                produced.store(next as u64, Ordering::Relaxed);
+                tokio::time::sleep(pause).await;
+            }
+            producing_done.store(true, Ordering::Relaxed);
+        })
+    };
     let record = |handled: &Mutex<HashMap<String, usize>>, id: &str| {
         *handled.lock().expect("lock").entry(id.to_owned()).or_default() += 1;
     };
@@ -127,7 +152,7 @@ pub async fn takeover_loses_nothing<B: Bus>(
             let mut count = 0;
             loop {
                 let split = b_count.load(Ordering::Relaxed) > 0;
-                if (split && count >= total / 6) || started.elapsed() > WAIT {
+                if (split && count >= min_total / 6) || started.elapsed() > WAIT {
                     break;
                 }
                 let Ok(received) = timeout(Duration::from_millis(500), a.next()).await else { continue };
@@ -161,38 +186,43 @@ pub async fn takeover_loses_nothing<B: Bus>(
         let handled = Arc::clone(&handled);
         let b_count = Arc::clone(&b_count);
         let a_killed = Arc::clone(&a_killed);
+        let produced = Arc::clone(&produced);
+        let producing_done = Arc::clone(&producing_done);
         tokio::spawn(async move {
             let mut partitions_after_kill = BTreeSet::new();
-            let deadline = Instant::now() + WAIT;
-            let mut a_done = false;
+            let deadline = Instant::now() + WAIT * 2;
             loop {
-                let distinct = handled.lock().expect("lock").len();
-                if distinct == total {
+                let distinct = handled.lock().expect("lock").len() as u64;
+                let sent = produced.load(Ordering::Relaxed);
+                if producing_done.load(Ordering::Relaxed) && distinct == sent {
                     break;
                 }
-                assert!(Instant::now() < deadline, "B stalled: {distinct}/{total} distinct messages handled");
+                assert!(Instant::now() < deadline, "B stalled: {distinct}/{sent} distinct messages handled");
+                let a_was_dead = a_killed.load(Ordering::Relaxed);
                 let Ok(received) = timeout(Duration::from_millis(500), b.next()).await else { continue };
                 let received = received.expect("B receives");
                 record(&handled, &received.message.broadcast_id);
                 b_count.fetch_add(1, Ordering::Relaxed);
-                if a_done {
+                if a_was_dead {
                     partitions_after_kill.extend(received.position.map(|p| p.partition));
                 }
                 received.ack.ack();
-                a_done = a_done || a_killed.load(Ordering::Relaxed);
             }
             (b_count.load(Ordering::Relaxed), partitions_after_kill)
         })
     };
+
     let (handled_by_a, partitions_a) = a_task.await.expect("A task");
     let (handled_by_b, partitions_b_after_kill) = b_task.await.expect("B task");
     producer.await.expect("producer");
 
+    let total = usize::try_from(produced.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
     let handled = handled.lock().expect("lock");
     let missing: Vec<usize> = (0..total).filter(|&i| !handled.contains_key(&job(i).broadcast_id)).collect();
     assert!(missing.is_empty(), "lost messages: {missing:?}");
     let duplicates = handled.values().map(|&n| n - 1).sum();
     let report = TakeoverReport {
+        produced: total,
         handled_by_a,
         handled_by_b: usize::try_from(handled_by_b).unwrap_or(usize::MAX),
         duplicates,
@@ -221,11 +251,23 @@ pub async fn bad_records_are_dead_lettered<B: Bus>(bus: &B) {
         bus.send(Topic::ShardJobs, record).await.expect("send");
     }
 
+    // The consumer dead-letters records as it reaches them, so it keeps consuming (records in
+    // other partitions may come after the good ones) while the dead letters are read.
+    let (good_sender, mut good_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let consuming = tokio::spawn(async move {
+        loop {
+            let received = consumer.next().await.expect("consumes");
+            received.ack.ack();
+            if good_sender.send(received.message.broadcast_id).is_err() {
+                return;
+            }
+        }
+    });
     let mut consumed = BTreeSet::new();
     while consumed.len() < 2 {
-        let received = timeout(WAIT, consumer.next()).await.expect("consumes in time").expect("consumes");
-        consumed.insert(received.message.broadcast_id.clone());
-        received.ack.ack();
+        consumed.insert(
+            timeout(WAIT, good_receiver.recv()).await.expect("consumes in time").expect("consumer runs"),
+        );
     }
     assert_eq!(consumed, BTreeSet::from([job(0).broadcast_id, job(3).broadcast_id]));
 
@@ -248,6 +290,7 @@ pub async fn bad_records_are_dead_lettered<B: Bus>(bus: &B) {
         });
         incoming.ack.ack();
     }
+    consuming.abort();
     assert!(counter_total("pushfan_bus_dead_lettered_total") >= 2, "dead letters are counted");
 }
 
