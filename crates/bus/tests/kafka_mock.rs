@@ -31,7 +31,7 @@ fn mock_cluster(brokers: i32, test: &str) -> (MockCluster<'static, DefaultProduc
 /// Every message id consumed from the shard-jobs topic until `expected` distinct ids arrived,
 /// with how often each arrived.
 async fn consume_all(bus: &KafkaBus, expected: usize) -> HashMap<String, usize> {
-    let mut consumer = bus.consume::<ShardJob>("check").expect("join");
+    let mut consumer = bus.consume::<ShardJob>(&common::unique_group("check")).expect("join");
     let mut seen: HashMap<String, usize> = HashMap::new();
     while seen.len() < expected {
         let received =

@@ -27,6 +27,12 @@ pub fn unique_prefix(test: &str) -> String {
     )
 }
 
+/// A consumer group name unique to this test, so tests sharing a broker never rebalance each
+/// other's groups.
+pub fn unique_group(name: &str) -> String {
+    unique_prefix(name)
+}
+
 /// The tansu broker started by `scripts/test`. Never silently skips.
 pub fn tansu_brokers() -> String {
     match std::env::var("PUSHFAN_TEST_KAFKA_BROKERS") {
@@ -104,10 +110,10 @@ pub async fn takeover_loses_nothing<B: Bus>(
     held_unacked: usize,
     pause: Duration,
 ) -> TakeoverReport {
-    let group = "workers";
+    let group = unique_group("workers");
     let handled: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-    let mut a = bus.consume::<ShardJob>(group).expect("A joins");
-    let mut b = bus.consume::<ShardJob>(group).expect("B joins");
+    let mut a = bus.consume::<ShardJob>(&group).expect("A joins");
+    let mut b = bus.consume::<ShardJob>(&group).expect("B joins");
     let b_count = Arc::new(AtomicU64::new(0));
     let a_killed = Arc::new(AtomicBool::new(false));
     let produced = Arc::new(AtomicU64::new(0));
@@ -240,8 +246,8 @@ pub async fn takeover_loses_nothing<B: Bus>(
 /// A corrupt record and an unknown-version record go to the dead-letter topic with their
 /// reasons; the good records around them are consumed.
 pub async fn bad_records_are_dead_lettered<B: Bus>(bus: &B) {
-    let mut consumer = bus.consume::<ShardJob>("workers").expect("join");
-    let mut dead_letters = bus.subscribe(Topic::DeadLetters, "dlq-reader").expect("join dlq");
+    let mut consumer = bus.consume::<ShardJob>(&unique_group("workers")).expect("join");
+    let mut dead_letters = bus.subscribe(Topic::DeadLetters, &unique_group("dlq-reader")).expect("join dlq");
 
     let good = |i| envelope::encode(&job(i), &MessageContext::default());
     let corrupt = Record { payload: Bytes::from_static(&[0xff; 9]), ..good(1) };
@@ -296,7 +302,7 @@ pub async fn bad_records_are_dead_lettered<B: Bus>(bus: &B) {
 
 /// The trace context and idempotency key arrive with the message.
 pub async fn headers_travel_with_the_message<B: Bus>(bus: &B) {
-    let mut consumer = bus.consume::<ShardJob>("workers").expect("join");
+    let mut consumer = bus.consume::<ShardJob>(&unique_group("workers")).expect("join");
     let traceparent =
         pushfan_bus::TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").ok();
     let context = MessageContext { traceparent };
