@@ -1,0 +1,289 @@
+//! The gateway role's delivery engine: encrypted pushes in, push-service answers out.
+//!
+//! - One held connection pool per push-service origin (HTTP/2 where the service speaks it).
+//! - Real backpressure: at most `max_in_flight_per_origin` requests per origin are on the wire;
+//!   further deliveries wait for a permit instead of piling up in hyper's unbounded queue.
+//! - A 429/503 pauses only the origin that sent it, for its `Retry-After`.
+//! - Every answer goes through `pushfan_webpush::classify`; [`retry::RetryPolicy`] decides
+//!   what happens next, within the message's TTL.
+//! - VAPID tokens come from a per-origin [`TokenCache`], signed once per origin, not per push.
+//!
+//! Endpoints are secrets: logs and errors only ever show [`Endpoint::redacted`] or the origin.
+
+mod client;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::stream::{self, Stream, StreamExt};
+use http::header::RETRY_AFTER;
+use http::HeaderValue;
+use http_body_util::{BodyExt, Full, Limited};
+use pushfan_webpush::vapid::TokenCache;
+use pushfan_webpush::{build_request, classify, EncryptedPush, Endpoint, PushOptions};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tracing::{debug, warn, Instrument};
+
+pub use retry::{Attempt, FinalOutcome, Next, RetryPolicy};
+
+/// Error bodies longer than this are cut: enough for any push service's reason.
+const MAX_ERROR_BODY: usize = 4096;
+
+/// Why a gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("extra root certificate is not valid DER: {0}")]
+    RootCertificate(String),
+    #[error("TLS configuration failed: {0}")]
+    Tls(String),
+}
+
+/// How the gateway talks to push services.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Requests on the wire per push-service origin at once.
+    pub max_in_flight_per_origin: usize,
+    /// Deliveries one [`Gateway::send_all`] call works on at once, across origins.
+    pub max_in_flight: usize,
+    /// One request, response body included.
+    pub request_timeout: Duration,
+    /// One TCP connect.
+    pub connect_timeout: Duration,
+    /// Backoff and attempt limits.
+    pub retry: RetryPolicy,
+    /// Speak HTTP/2 with prior knowledge (h2c) to plain-`http` endpoints instead of HTTP/1.1.
+    pub plaintext_h2c: bool,
+    /// DER certificates to trust besides the web PKI (a simulated push service's, say).
+    pub extra_root_certs: Vec<Vec<u8>>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight_per_origin: 256,
+            max_in_flight: 1024,
+            request_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            plaintext_h2c: false,
+            extra_root_certs: Vec::new(),
+        }
+    }
+}
+
+/// What every delivery of one message shares.
+#[derive(Debug)]
+pub struct Message {
+    /// TTL, urgency and topic. The TTL sent shrinks with the time already spent.
+    pub options: PushOptions,
+    /// When the message stops being worth delivering: publish time plus TTL.
+    pub expires_at: SystemTime,
+    /// Tokens for the VAPID key the subscriptions were created with.
+    pub vapid: Arc<TokenCache>,
+}
+
+/// One encrypted push for one subscription. `tag` comes back in the [`Report`].
+#[derive(Debug)]
+pub struct Delivery<T> {
+    /// The caller's handle for the subscription (its id, say).
+    pub tag: T,
+    /// Where to send.
+    pub endpoint: Endpoint,
+    /// The body and its encoding.
+    pub push: EncryptedPush,
+}
+
+/// How one delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report<T> {
+    /// The delivery's tag.
+    pub tag: T,
+    /// The final outcome.
+    pub outcome: FinalOutcome,
+    /// Requests made.
+    pub attempts: u32,
+}
+
+/// Per-origin state: the in-flight bound and the throttle.
+#[derive(Debug)]
+struct Origin {
+    name: String,
+    in_flight: Semaphore,
+    /// Milliseconds after the gateway's epoch until which nobody may send here.
+    paused_until_ms: AtomicU64,
+}
+
+/// Sends pushes; cheap to clone, one per process is enough.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: GatewayConfig,
+    clients: client::Clients,
+    origins: Mutex<HashMap<String, Arc<Origin>>>,
+    epoch: Instant,
+}
+
+impl Gateway {
+    /// Builds the clients; connections open lazily on first use.
+    pub fn new(config: GatewayConfig) -> Result<Self, GatewayError> {
+        let clients = client::build(config.connect_timeout, &config.extra_root_certs, config.plaintext_h2c)?;
+        Ok(Self {
+            inner: Arc::new(Inner { config, clients, origins: Mutex::default(), epoch: Instant::now() }),
+        })
+    }
+
+    /// Delivers every push, retrying as the policy says; yields a report per delivery as each
+    /// finishes. Runs at most `max_in_flight` deliveries at once, without a task per delivery.
+    pub fn send_all<'a, T: Send + Sync + 'a>(
+        &'a self,
+        message: &'a Message,
+        deliveries: Vec<Delivery<T>>,
+    ) -> impl Stream<Item = Report<T>> + Send + 'a {
+        let span = tracing::info_span!("gateway.send_all", deliveries = deliveries.len());
+        // Resolve each origin once per call rather than taking the shared map's lock per push.
+        let mut local: HashMap<String, Arc<Origin>> = HashMap::new();
+        let routed: Vec<(Arc<Origin>, Delivery<T>)> = deliveries
+            .into_iter()
+            .map(|delivery| {
+                let name = delivery.endpoint.origin();
+                let origin = match local.get(&name) {
+                    Some(origin) => Arc::clone(origin),
+                    None => {
+                        let origin = self.origin(&name);
+                        local.insert(name, Arc::clone(&origin));
+                        origin
+                    }
+                };
+                (origin, delivery)
+            })
+            .collect();
+        stream::iter(routed)
+            .map(move |(origin, delivery)| self.deliver(message, origin, delivery).instrument(span.clone()))
+            .buffer_unordered(self.inner.config.max_in_flight)
+    }
+
+    fn origin(&self, name: &str) -> Arc<Origin> {
+        let mut origins = self.inner.origins.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(origins.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(Origin {
+                name: name.to_owned(),
+                in_flight: Semaphore::new(self.inner.config.max_in_flight_per_origin),
+                paused_until_ms: AtomicU64::new(0),
+            })
+        }))
+    }
+
+    async fn deliver<T>(&self, message: &Message, origin: Arc<Origin>, delivery: Delivery<T>) -> Report<T> {
+        let mut attempts = 0;
+        loop {
+            self.wait_while_paused(&origin).await;
+            let attempt = {
+                let _permit = origin.in_flight.acquire().await.expect("origin semaphores are never closed");
+                attempts += 1;
+                self.attempt(message, &origin, &delivery).await
+            };
+            if let Attempt::Response(outcome) = &attempt {
+                metrics::counter!("pushfan_gateway_responses_total", "outcome" => outcome.label())
+                    .increment(1);
+            }
+            let now = SystemTime::now();
+            match self.inner.config.retry.next(attempt, attempts, now, message.expires_at, fastrand::f64()) {
+                Next::Finish(outcome) => {
+                    metrics::counter!("pushfan_gateway_deliveries_total", "outcome" => outcome.label())
+                        .increment(1);
+                    if let FinalOutcome::Rejected { status, reason } = &outcome {
+                        debug!(endpoint = %delivery.endpoint, status, reason, "push rejected");
+                    }
+                    return Report { tag: delivery.tag, outcome, attempts };
+                }
+                Next::Retry { delay, pause_origin } => {
+                    if let Some(pause) = pause_origin {
+                        self.pause(&origin, pause);
+                    }
+                    metrics::counter!("pushfan_gateway_retries_total").increment(1);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn attempt<T>(&self, message: &Message, origin: &Origin, delivery: &Delivery<T>) -> Attempt {
+        let now = SystemTime::now();
+        let unix_now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let token = message.vapid.token(&origin.name, unix_now);
+        let mut request = build_request(&delivery.endpoint, &delivery.push, &message.options, &token);
+        // A retried message has already waited: tell the push service how long it has left.
+        let remaining = message.expires_at.duration_since(now).unwrap_or_default().as_secs();
+        request.headers_mut().insert("ttl", HeaderValue::from(remaining.min(u64::from(message.options.ttl))));
+        let request = request.map(Full::new);
+        let is_tls = request.uri().scheme_str() == Some("https");
+        let clients = &self.inner.clients;
+        let exchange = async {
+            let response = if is_tls {
+                clients.tls.request(request).await
+            } else {
+                clients.plain.request(request).await
+            }
+            .map_err(|e| transport_error(&e))?;
+            let status = response.status().as_u16();
+            let retry_after =
+                response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            // Read the body even on success so an HTTP/1.1 connection can be reused.
+            let body = Limited::new(response.into_body(), MAX_ERROR_BODY)
+                .collect()
+                .await
+                .map(|collected| collected.to_bytes())
+                .unwrap_or_else(|_| Bytes::new());
+            Ok::<_, String>(classify(status, retry_after.as_deref(), &body, SystemTime::now()))
+        };
+        let started = Instant::now();
+        let attempt = match tokio::time::timeout(self.inner.config.request_timeout, exchange).await {
+            Ok(Ok(outcome)) => Attempt::Response(outcome),
+            Ok(Err(error)) => Attempt::Transport(error),
+            Err(_) => Attempt::Transport(format!("no answer within {:?}", self.inner.config.request_timeout)),
+        };
+        metrics::histogram!("pushfan_gateway_request_seconds").record(started.elapsed().as_secs_f64());
+        attempt
+    }
+
+    async fn wait_while_paused(&self, origin: &Origin) {
+        loop {
+            let until =
+                self.inner.epoch + Duration::from_millis(origin.paused_until_ms.load(Ordering::Acquire));
+            if until <= Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    fn pause(&self, origin: &Origin, pause: Duration) {
+        let until = (Instant::now() + pause).duration_since(self.inner.epoch).as_millis() as u64;
+        if origin.paused_until_ms.fetch_max(until, Ordering::AcqRel) < until {
+            warn!(origin = %origin.name, pause_ms = pause.as_millis() as u64, "push service throttled us; pausing it");
+            metrics::counter!("pushfan_gateway_origin_pauses_total").increment(1);
+        }
+    }
+}
+
+/// The error and its causes, without the request URI (hyper's errors do not carry it, and
+/// nothing here adds it).
+fn transport_error(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
