@@ -248,14 +248,15 @@ impl Inner {
             Some(id) => Bound::Excluded(keys::with_id(&prefix, &id)),
             None => Bound::Included(prefix.clone()),
         };
-        let end = Bound::Included(keys::with_id(&prefix, &SubscriptionId::from_bytes([0xff; 16])));
+        let end =
+            Bound::Included(keys::with_id(&prefix, &SubscriptionId::from_bytes([0xff; SubscriptionId::LEN])));
         let page_size = page_size.max(1);
         let mut subscriptions = Vec::with_capacity(page_size);
         let mut seen = 0;
         let mut last = None;
         for entry in partition.range((start, end)).take(page_size) {
             let (key, value) = entry?;
-            // Every key in the range is the prefix plus a 16-byte id.
+            // Every key in the range is the prefix plus an id.
             let Some(id) = keys::id_suffix(&key) else { continue };
             seen += 1;
             last = Some(id);

@@ -17,6 +17,8 @@ pub enum StoreError {
     ShardOutOfRange { shard: u16, count: u16 },
     #[error("the data was written with {stored} shards but the store is configured with {configured}")]
     ShardCountMismatch { stored: u16, configured: u16 },
+    #[error("{0:?} is not a subscription id (28 hex digits)")]
+    InvalidId(String),
     #[error("the scan cursor is malformed or belongs to the other kind of store")]
     InvalidCursor,
     #[error("stored record of subscription {id} cannot be read: {source}")]
@@ -55,7 +57,7 @@ impl StoreError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::InvalidName { .. } | Self::TooManyTopics { .. } | Self::ZeroShards => "invalid_input",
-            Self::ShardOutOfRange { .. } | Self::InvalidCursor => "invalid_input",
+            Self::ShardOutOfRange { .. } | Self::InvalidCursor | Self::InvalidId(_) => "invalid_input",
             Self::ShardCountMismatch { .. } => "shard_count_mismatch",
             Self::CorruptRecord { .. } => "corrupt_record",
             Self::Contended { .. } => "contended",

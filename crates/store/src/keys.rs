@@ -7,8 +7,8 @@
 //! | key                               | type   | holds                                                |
 //! |-----------------------------------|--------|------------------------------------------------------|
 //! | `pf:{<tenant>}:shards`            | string | S, the shard count the tenant's data was written with |
-//! | `pf:{<tenant>\|<shard>}:subs`     | hash   | 16-byte subscription id → binary record ([`crate::record`]) |
-//! | `pf:{<tenant>\|<shard>}:t:<topic>`| set    | 16-byte ids of the topic's members in that shard      |
+//! | `pf:{<tenant>\|<shard>}:subs`     | hash   | 14-byte subscription id → binary record ([`crate::record`]) |
+//! | `pf:{<tenant>\|<shard>}:t:<topic>`| set    | 14-byte ids of the topic's members in that shard      |
 //!
 //! The `{...}` part is the Redis Cluster hash tag: every key of one (tenant, shard) lives in one
 //! slot, so a shard's records and its topic memberships sit on one node and one pipeline or
@@ -24,8 +24,8 @@
 //! | partition | key                              | value  |
 //! |-----------|----------------------------------|--------|
 //! | `meta`    | `shards`                         | S as a big-endian `u16` |
-//! | `subs`    | `T S id16`                       | binary record |
-//! | `members` | `T S len(topic) topic id16`      | empty |
+//! | `subs`    | `T S id`                         | binary record |
+//! | `members` | `T S len(topic) topic id`        | empty |
 //!
 //! Keys sort by tenant, then shard, then id, so one shard (or one topic of one shard) is one
 //! contiguous range, scanned in id order: the cursor is the last id returned.
@@ -51,7 +51,7 @@ pub(crate) fn topic_members(tenant: &TenantId, shard: ShardId, topic: &Topic) ->
 /// The embedded `subs` key prefix of one shard; append an id for a record's key.
 pub(crate) fn embedded_shard(tenant: &TenantId, shard: ShardId) -> Vec<u8> {
     let tenant = tenant.as_str().as_bytes();
-    let mut key = Vec::with_capacity(1 + tenant.len() + 2 + 16);
+    let mut key = Vec::with_capacity(1 + tenant.len() + 2 + SubscriptionId::LEN);
     // Tenant names are at most 64 bytes, so the length fits a byte.
     key.push(tenant.len() as u8);
     key.extend_from_slice(tenant);
@@ -74,7 +74,7 @@ pub(crate) fn with_id(prefix: &[u8], id: &SubscriptionId) -> Vec<u8> {
 
 /// The id at the end of an embedded `subs` or `members` key.
 pub(crate) fn id_suffix(key: &[u8]) -> Option<SubscriptionId> {
-    let start = key.len().checked_sub(16)?;
+    let start = key.len().checked_sub(SubscriptionId::LEN)?;
     Some(SubscriptionId::from_bytes(key[start..].try_into().ok()?))
 }
 
@@ -123,11 +123,11 @@ mod tests {
     fn embedded_keys_keep_tenants_shards_and_topics_apart() {
         let acme = TenantId::new("acme").unwrap();
         let news = Topic::new("news").unwrap();
-        let id = SubscriptionId::from_bytes([9; 16]);
+        let id = SubscriptionId::from_bytes([9; SubscriptionId::LEN]);
         let shard = embedded_shard(&acme, ShardId(258));
         assert_eq!(shard, b"\x04acme\x01\x02");
         let member = with_id(&embedded_topic(&acme, ShardId(258), &news), &id);
-        assert_eq!(member, [&b"\x04acme\x01\x02\x04news"[..], &[9; 16]].concat());
+        assert_eq!(member, [&b"\x04acme\x01\x02\x04news"[..], &[9; SubscriptionId::LEN]].concat());
         assert_eq!(id_suffix(&member), Some(id));
         assert_eq!(id_suffix(b"short"), None);
         // A tenant whose name extends another's is a different prefix thanks to the length byte.

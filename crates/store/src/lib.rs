@@ -6,7 +6,7 @@
 //! - [`EmbeddedStore`]: an on-disk store inside the process, the standalone default.
 //!
 //! Both keep the same data the same way: per tenant, S shards ([`ShardCount`]); per shard, the
-//! subscriptions as compact binary records ([`record`] format) keyed by a 16-byte id derived from
+//! subscriptions as compact binary records ([`record`] format) keyed by a 14-byte id derived from
 //! the endpoint, and per topic the set of member ids. "Everyone" is the implicit topic of all of
 //! a tenant's subscriptions. A broadcast runs [`SubscriptionStore::scan_shard`] over every shard,
 //! each with its own cursor, and gets full records back, ready to encrypt.

@@ -88,30 +88,52 @@ macro_rules! display_as_str {
 }
 display_as_str!(TenantId, Topic);
 
-/// A subscription's stable id: the first 16 bytes of SHA-256 of its endpoint URL.
+/// A subscription's stable id: the first 14 bytes of SHA-256 of its endpoint URL.
 ///
 /// Derived, not assigned, so importing the same endpoint twice updates one record instead of
 /// creating a duplicate. It reveals nothing usable about the endpoint and is safe to log.
+///
+/// Why 14 bytes and not 16: Redis stores a hash field of up to 14 bytes in a 16-byte allocation
+/// and 15 to 30 bytes in a 32-byte one, so two bytes less saves 16 bytes of Redis memory per
+/// subscription (measured: 297 → 281 bytes). 112 bits still make a collision among a billion
+/// endpoints of one tenant a 1-in-10^16 event.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SubscriptionId([u8; 16]);
+pub struct SubscriptionId([u8; SubscriptionId::LEN]);
 
 impl SubscriptionId {
+    /// Length of an id in bytes.
+    pub const LEN: usize = 14;
+
     /// The id of the subscription at `endpoint`.
     pub fn for_endpoint(endpoint: &Endpoint) -> Self {
         let digest = Sha256::digest(endpoint.as_str().as_bytes());
-        let mut id = [0; 16];
-        id.copy_from_slice(&digest[..16]);
+        let mut id = [0; Self::LEN];
+        id.copy_from_slice(&digest[..Self::LEN]);
         Self(id)
     }
 
     /// Wraps raw id bytes, e.g. read back from a key.
-    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+    pub const fn from_bytes(bytes: [u8; Self::LEN]) -> Self {
         Self(bytes)
     }
 
     /// The raw id bytes.
-    pub const fn as_bytes(&self) -> &[u8; 16] {
+    pub const fn as_bytes(&self) -> &[u8; Self::LEN] {
         &self.0
+    }
+
+    /// Reads the lowercase or uppercase hex form that `Display` writes (how ids travel on the bus).
+    pub fn parse_hex(hex: &str) -> Result<Self, StoreError> {
+        let invalid = || StoreError::InvalidId(hex.chars().take(2 * Self::LEN + 2).collect());
+        // `from_str_radix` alone would also accept a sign.
+        if hex.len() != 2 * Self::LEN || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid());
+        }
+        let mut id = [0; Self::LEN];
+        for (byte, at) in id.iter_mut().zip((0..hex.len()).step_by(2)) {
+            *byte = u8::from_str_radix(&hex[at..at + 2], 16).map_err(|_| invalid())?;
+        }
+        Ok(Self(id))
     }
 }
 
@@ -372,13 +394,24 @@ mod tests {
         let b = Endpoint::parse("https://push.example/b", policy).unwrap();
         assert_eq!(SubscriptionId::for_endpoint(&a), SubscriptionId::for_endpoint(&a.clone()));
         assert_ne!(SubscriptionId::for_endpoint(&a), SubscriptionId::for_endpoint(&b));
-        // The first 16 bytes of SHA-256("https://push.example/a").
-        assert_eq!(SubscriptionId::for_endpoint(&a).to_string(), "378f13c84514cc9b2fdf033f09eee9fe");
+        // The first 14 bytes of SHA-256("https://push.example/a").
+        let id = SubscriptionId::for_endpoint(&a);
+        assert_eq!(id.to_string(), "378f13c84514cc9b2fdf033f09ee");
+        assert_eq!(SubscriptionId::parse_hex(&id.to_string()).unwrap(), id);
+        assert_eq!(SubscriptionId::parse_hex("378F13C84514CC9B2FDF033F09EE").unwrap(), id);
+        for bad in [
+            "",
+            "378f13c84514cc9b2fdf033f09e",
+            "378f13c84514cc9b2fdf033f09eg",
+            "+78f13c84514cc9b2fdf033f09ee",
+        ] {
+            assert!(matches!(SubscriptionId::parse_hex(bad), Err(StoreError::InvalidId(_))), "{bad}");
+        }
     }
 
     #[test]
     fn cursors_round_trip_through_bytes() {
-        let id = SubscriptionId::from_bytes([7; 16]);
+        let id = SubscriptionId::from_bytes([7; SubscriptionId::LEN]);
         for cursor in
             [ScanCursor::START, ScanCursor(CursorPosition::Redis(42)), ScanCursor(CursorPosition::After(id))]
         {

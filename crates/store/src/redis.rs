@@ -46,7 +46,7 @@ const RETAG_ATTEMPTS: u32 = 5;
 /// Edits the outcome fields at their fixed offsets in each record (see [`crate::record`]).
 const OUTCOME_SCRIPT: &str = r"
 -- KEYS[1]: one shard's subs hash. ARGV[1]: the time, 4 bytes big-endian.
--- Then pairs: a 16-byte id and 'd' (delivered) or 'f' (failed). Returns how many records existed.
+-- Then pairs: a 14-byte id and 'd' (delivered) or 'f' (failed). Returns how many records existed.
 local recorded = 0
 for i = 2, #ARGV, 2 do
   local rec = redis.call('HGET', KEYS[1], ARGV[i])
@@ -397,7 +397,7 @@ impl RedisStore {
             }
             pending = conflicts
                 .iter()
-                .filter_map(|id| <[u8; 16]>::try_from(id.as_slice()).ok())
+                .filter_map(|id| <[u8; SubscriptionId::LEN]>::try_from(id.as_slice()).ok())
                 .map(SubscriptionId::from_bytes)
                 .collect();
             if attempt == RETAG_ATTEMPTS {
@@ -494,7 +494,7 @@ fn id_args(ids: &[SubscriptionId]) -> Vec<&[u8]> {
 }
 
 fn parse_id(bytes: &[u8]) -> Result<SubscriptionId, StoreError> {
-    <[u8; 16]>::try_from(bytes)
+    <[u8; SubscriptionId::LEN]>::try_from(bytes)
         .map(SubscriptionId::from_bytes)
         .map_err(|_| StoreError::UnexpectedReply(format!("a subscription id of {} bytes", bytes.len())))
 }

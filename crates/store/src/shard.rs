@@ -78,7 +78,7 @@ mod tests {
     use super::*;
 
     fn id(n: u32) -> SubscriptionId {
-        let mut bytes = [0; 16];
+        let mut bytes = [0; SubscriptionId::LEN];
         // Spread like a hash would: a multiplicative mix of n in the leading bytes.
         bytes[..8].copy_from_slice(&(u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_be_bytes());
         SubscriptionId::from_bytes(bytes)
@@ -87,7 +87,7 @@ mod tests {
     #[test]
     fn the_shard_is_a_pure_function_of_id_and_count() {
         let count = ShardCount::new(7).unwrap();
-        let mut bytes = [0; 16];
+        let mut bytes = [0; SubscriptionId::LEN];
         bytes[7] = 9;
         assert_eq!(count.shard_of(&SubscriptionId::from_bytes(bytes)), ShardId(2));
         for n in 0..1000 {

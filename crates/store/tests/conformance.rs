@@ -185,7 +185,9 @@ async fn bad_scan_arguments_are_errors(store: &dyn SubscriptionStore) {
     assert!(matches!(err, StoreError::ShardOutOfRange { shard: 8, count: 8 }), "{err}");
     // Each kind of store refuses the other's cursors.
     let redis_cursor = ScanCursor::from_bytes(&[1, 0, 0, 0, 0, 0, 0, 0, 7]).unwrap();
-    let embedded_cursor = ScanCursor::from_bytes(&[[2u8].as_slice(), &[0; 16]].concat()).unwrap();
+    let embedded_cursor =
+        ScanCursor::from_bytes(&[[2u8].as_slice(), &[0; pushfan_store::SubscriptionId::LEN]].concat())
+            .unwrap();
     let results = [
         store.scan_shard(&tenant, &Audience::Everyone, ShardId(0), redis_cursor, 10).await,
         store.scan_shard(&tenant, &Audience::Everyone, ShardId(0), embedded_cursor, 10).await,
