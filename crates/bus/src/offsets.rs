@@ -63,8 +63,13 @@ impl OffsetTracker {
 
     /// `offset` of `partition` is being handed to a handler; returns the generation its ack must
     /// carry, or `None` if the partition is not owned (the record must not be handed out).
+    /// A record already handed out in this assignment (fetched again after fetching resumed) is
+    /// also `None`: handing it out twice would only create duplicate work.
     pub(crate) fn track(&mut self, partition: i32, offset: i64) -> Option<u64> {
         let state = self.partitions.get_mut(&partition)?;
+        if state.next_offset.is_some_and(|next| offset < next) {
+            return None;
+        }
         // The first record's offset is where fetching started: committing it would add nothing.
         state.committed.get_or_insert(offset);
         state.in_flight.insert(offset);
@@ -79,6 +84,17 @@ impl OffsetTracker {
             Some(state) if state.generation == generation => state.in_flight.remove(&offset),
             _ => false,
         }
+    }
+
+    /// For each owned partition that has handed out records, the offset to fetch next.
+    pub(crate) fn next_offsets(&self) -> Vec<(i32, i64)> {
+        let mut next: Vec<(i32, i64)> = self
+            .partitions
+            .iter()
+            .filter_map(|(&partition, state)| Some((partition, state.next_offset?)))
+            .collect();
+        next.sort_unstable();
+        next
     }
 
     /// Whether records handed out under `generation` still belong to this consumer.
@@ -176,6 +192,19 @@ mod tests {
         tracker.track(3, 2);
         assert!(tracker.ack(3, new, 2));
         assert_eq!(tracker.take_commits(), [(3, 3)]);
+    }
+
+    #[test]
+    fn records_fetched_again_are_not_handed_out_twice() {
+        let mut tracker = OffsetTracker::default();
+        let generation = tracker.assign(2);
+        for offset in 0..3 {
+            tracker.track(2, offset);
+        }
+        assert_eq!(tracker.next_offsets(), [(2, 3)]);
+        assert_eq!(tracker.track(2, 1), None, "re-fetched after a resume");
+        assert_eq!(tracker.track(2, 3), Some(generation));
+        assert_eq!(tracker.next_offsets(), [(2, 4)]);
     }
 
     #[test]

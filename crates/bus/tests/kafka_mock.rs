@@ -167,3 +167,41 @@ async fn takeover_with_failing_commits_and_slow_brokers_loses_nothing() {
         "B took over A's partitions: {report:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_a_full_buffer_still_lets_the_group_rebalance() {
+    let (_mock, mut config) = mock_cluster(1, "full-buffer");
+    config.consumer_buffer = 1;
+    let bus = KafkaBus::new(config).expect("bus");
+    let group = common::unique_group("workers");
+    let total = 200;
+
+    // A joins and is handed records it does not read: its buffer fills and fetching pauses.
+    let mut a = bus.consume::<ShardJob>(&group).expect("A joins");
+    common::produce_paced(bus.clone(), 0..total / 2, 50, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // B joins: the group can only rebalance if A's poll loop still serves the rebalance.
+    let mut b = bus.consume::<ShardJob>(&group).expect("B joins");
+    common::produce_paced(bus.clone(), total / 2..total, 50, Duration::ZERO).await;
+    let first_for_b =
+        timeout(Duration::from_secs(20), b.next()).await.expect("B gets records while A is stalled");
+    let first_for_b = first_for_b.expect("B receives");
+
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    *seen.entry(first_for_b.message.broadcast_id.clone()).or_default() += 1;
+    first_for_b.ack.ack();
+    let deadline = Instant::now() + common::WAIT;
+    while seen.len() < total {
+        assert!(Instant::now() < deadline, "stalled at {}/{total}", seen.len());
+        let received = tokio::select! {
+            received = a.next() => received,
+            received = b.next() => received,
+        };
+        let received = received.expect("receives");
+        *seen.entry(received.message.broadcast_id.clone()).or_default() += 1;
+        received.ack.ack();
+    }
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    eprintln!("{} distinct messages, {duplicates} duplicates", seen.len());
+}

@@ -1,8 +1,9 @@
 //! Kafka consumer groups with manual, at-least-once commits.
 //!
 //! Like quickwit's Kafka source, the blocking librdkafka poll loop runs on its own thread, off
-//! the async executor, and hands records to the async side over a bounded channel (a full
-//! channel stops polling: backpressure). Rebalance callbacks run inside `poll` on that thread;
+//! the async executor, and hands records to the async side over a bounded channel. A full
+//! channel pauses fetching (backpressure) while polling continues, so the member still takes
+//! part in rebalances and commits. Rebalance callbacks run inside `poll` on that thread;
 //! the custom [`ConsumerContext`] applies each revoke and assign to the [`OffsetTracker`] shared
 //! with the async side before the callback returns, so a revoked partition is fenced off at
 //! once: its final safe position is committed synchronously, acks of its in-flight work are
@@ -16,6 +17,7 @@
 //! revoke the safe position is committed again even if it was committed before, in case that
 //! commit was lost in the rebalance. Nothing is auto-committed or auto-stored.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -37,8 +39,10 @@ use crate::topic::Topic;
 
 /// How long one `poll` blocks; bounds how fast the thread notices shutdown.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
-/// Pause between attempts to hand a record to a full channel.
-const FULL_CHANNEL_PAUSE: Duration = Duration::from_millis(2);
+/// How long a seek before resuming fetch may take.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one `poll` blocks while the channel is full, between attempts to hand on records.
+const FULL_CHANNEL_POLL: Duration = Duration::from_millis(5);
 
 type SharedTracker = Arc<Mutex<OffsetTracker>>;
 
@@ -230,19 +234,37 @@ struct PollLoop {
 
 impl PollLoop {
     fn run(mut self) {
+        // Records polled but not yet taken by the (full) channel.
+        let mut pending: VecDeque<Polled> = VecDeque::new();
+        let mut paused = false;
         while !self.stop.load(Ordering::Relaxed) {
-            let polled = match self.consumer.poll(POLL_TIMEOUT) {
-                None => None,
-                Some(Ok(message)) => self.track(&message),
+            if !self.hand_off(&mut pending) {
+                break;
+            }
+            // A full channel pauses fetching, but polling goes on: rebalances and commits are
+            // served from `poll`, and a member that stops polling holds up its whole group.
+            // Fetching resumes once half the channel is free, not at the first free slot, so a
+            // consumer running at its handlers' pace does not flap between the two.
+            let full = !pending.is_empty();
+            if full && !paused {
+                self.pause();
+                paused = true;
+            } else if paused && !full && self.sender.capacity() * 2 >= self.sender.max_capacity() {
+                self.resume();
+                paused = false;
+            }
+            match self.consumer.poll(if full { FULL_CHANNEL_POLL } else { POLL_TIMEOUT }) {
+                None => {}
+                Some(Ok(message)) => {
+                    pending.extend(self.track(&message));
+                    if paused {
+                        // Fetched while paused: from a partition assigned since; pause it too.
+                        self.pause();
+                    }
+                }
                 Some(Err(error)) => {
                     // librdkafka reconnects and retries by itself; these are reports, not the end.
                     warn!(topic = %self.topic, %error, "kafka consumer error");
-                    None
-                }
-            };
-            if let Some(polled) = polled {
-                if !self.hand_off(polled) {
-                    break;
                 }
             }
             self.commit_if_due();
@@ -270,21 +292,45 @@ impl PollLoop {
         Some(Polled { record, position, generation })
     }
 
-    /// Waits for room in the channel, committing meanwhile; false once the subscription is gone.
-    fn hand_off(&mut self, mut polled: Polled) -> bool {
-        loop {
+    /// Moves pending records into the channel while it has room; false once the subscription
+    /// is gone.
+    fn hand_off(&self, pending: &mut VecDeque<Polled>) -> bool {
+        while let Some(polled) = pending.pop_front() {
             match self.sender.try_send(polled) {
-                Ok(()) => return true,
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(back)) => {
-                    if self.stop.load(Ordering::Relaxed) {
-                        return false;
-                    }
-                    polled = back;
-                    self.commit_if_due();
-                    thread::sleep(FULL_CHANNEL_PAUSE);
+                    pending.push_front(back);
+                    return true;
                 }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
             }
+        }
+        true
+    }
+
+    /// Stops fetching for the whole current assignment.
+    fn pause(&self) {
+        if let Err(error) = self.consumer.assignment().and_then(|assignment| self.consumer.pause(&assignment))
+        {
+            warn!(topic = %self.topic, %error, "pausing fetch failed");
+        }
+    }
+
+    /// Resumes fetching where the handed-out records end. librdkafka would restart a paused
+    /// partition from its committed position (we store no offsets), re-fetching records already
+    /// handed out; the tracker would skip them, but the seek saves fetching them.
+    fn resume(&self) {
+        let mut next = TopicPartitionList::new();
+        for (partition, offset) in lock(&self.tracker).next_offsets() {
+            // Cannot fail: each partition appears once.
+            let _ = next.add_partition_offset(&self.topic_name, partition, Offset::Offset(offset));
+        }
+        let result = self.consumer.seek_partitions(next, SEEK_TIMEOUT).and_then(|_| {
+            let assignment = self.consumer.assignment()?;
+            self.consumer.resume(&assignment)
+        });
+        if let Err(error) = result {
+            warn!(topic = %self.topic, %error, "resuming fetch failed");
         }
     }
 
