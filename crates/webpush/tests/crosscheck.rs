@@ -54,11 +54,13 @@ impl Peer {
             .unwrap_or_else(|e| {
                 panic!("{self:?} cannot start ({e}): run scripts/test (it installs the cross-check tools)")
             });
-        // The scripts read all of stdin before they write, so this cannot deadlock.
+        // The scripts read all of stdin before they write, so this cannot deadlock. A write error
+        // (the script died at start-up) is reported after its stderr, which says why.
         let input = serde_json::to_vec(&json!({ "cases": cases })).unwrap();
-        child.stdin.take().unwrap().write_all(&input).unwrap();
+        let written = child.stdin.take().unwrap().write_all(&input);
         let output = child.wait_with_output().unwrap();
         assert!(output.status.success(), "{self:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        written.unwrap();
         let reply: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
             panic!("{self:?} wrote no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout))
         });
@@ -82,7 +84,7 @@ fn field(result: &Value, name: &str, label: &str) -> Vec<u8> {
     b64::decode(text).unwrap_or_else(|e| panic!("{label}: `{name}` is not base64url: {e}"))
 }
 
-/// Distinct, non-repeating-looking bytes, so a misplaced record or offset shows.
+/// Bytes that vary with position and length, so that a misplaced record or offset shows.
 fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 + len) as u8).collect()
 }
@@ -193,7 +195,7 @@ fn theirs_to_ours(encoding: ContentEncoding) {
             }
         }
         if encoding == ContentEncoding::Aes128gcm {
-            // A 100-byte record size splits 1000 bytes over 13 records; browsers read those too.
+            // RFC 8188 allows many records per body: 100-byte records carry 1000 bytes in 13.
             let sender = UserAgentKeys::generate(*backend).unwrap();
             let plaintext = payload(1000);
             python.0.push(json!({
