@@ -8,8 +8,9 @@
 //! - Each received record comes with an [`Ack`]. Ack only once the work is durably handed on
 //!   (the next message is sent, the store is written). A record whose ack never happens is
 //!   delivered again (Kafka: to the partition's next owner, from the last committed position;
-//!   embedded: as soon as the ack is dropped). Delivery is therefore at least once, and
-//!   consumers use the idempotency key to recognise repeats.
+//!   embedded: as soon as the ack is dropped; on Kafka the partition's committed position
+//!   stays at that record until then). Delivery is therefore at least once, and consumers use
+//!   the idempotency key to recognise repeats.
 //! - [`Consumer`] decodes records into protobuf messages. A record it cannot read (corrupt,
 //!   unknown schema version) goes to the dead-letter topic with the reason, is counted in
 //!   `pushfan_bus_dead_lettered_total` and acked, so it never stops a consumer or a partition.
