@@ -19,6 +19,9 @@
 //! ..            topics: count u8, then per topic its length u8 and bytes
 //! ```
 //!
+//! The Redis scripts depend on the first 7 bytes staying put: the outcome script edits bytes 1-6
+//! in place, and the retag script keeps bytes 0-6 of the stored record while replacing the rest.
+//!
 //! Interning the push service's URL prefix and packing the base64url token (FCM, Mozilla and
 //! Apple all use one) takes a 180-byte FCM endpoint to 110 bytes and the whole record to about
 //! 206 bytes, which is what keeps a subscription under 300 bytes of Redis memory. The prefix

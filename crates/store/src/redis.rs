@@ -9,7 +9,8 @@
 //!   pipeline of a variadic `HSET`, one `SADD` per topic and `SREM`s for dropped topics;
 //! - `remove`: `HMGET` (for the topics), then `HDEL` and `SREM`s;
 //! - `tag`/`untag`: `HMGET`, then a compare-and-set script that rewrites each record and its
-//!   membership only if the record is unchanged since the read (retried a few times);
+//!   membership only if the record is unchanged since the read, outcome fields aside (retried a
+//!   few times);
 //! - `record_outcomes`: one script that edits the fixed-offset outcome fields of each record;
 //! - `scan_shard`: everyone is `HSCAN` of the shard's hash (records come with it, one round
 //!   trip); a topic is `SSCAN` of its member set then `HMGET` of the records (two).
@@ -74,12 +75,16 @@ return recorded
 const RETAG_SCRIPT: &str = r"
 -- KEYS[1]: one shard's subs hash; KEYS[2]: one topic's member set in that shard.
 -- ARGV[1]: 'add' or 'remove'; then triples: id, the record as read, the record to write.
--- Returns the ids whose record changed since it was read; the caller re-reads and retries them.
+-- Compares and writes from byte 8 on: bytes 1-7 (version and the outcome fields, which the
+-- outcome script edits all the time) are kept as they are now, so recording outcomes never
+-- conflicts with retagging. Returns the ids whose record changed otherwise since it was read;
+-- the caller re-reads and retries them.
 local conflicts = {}
 for i = 2, #ARGV, 3 do
   local id = ARGV[i]
-  if redis.call('HGET', KEYS[1], id) == ARGV[i + 1] then
-    redis.call('HSET', KEYS[1], id, ARGV[i + 2])
+  local current = redis.call('HGET', KEYS[1], id)
+  if current and string.sub(current, 8) == string.sub(ARGV[i + 1], 8) then
+    redis.call('HSET', KEYS[1], id, string.sub(current, 1, 7) .. string.sub(ARGV[i + 2], 8))
     if ARGV[1] == 'add' then
       redis.call('SADD', KEYS[2], id)
     else

@@ -159,6 +159,35 @@ async fn outcomes_are_recorded_in_batches(store: &dyn SubscriptionStore) {
     assert_eq!(Subscription { consecutive_failures: 0, ..once }, subs[20]);
 }
 
+/// Tagging rewrites whole records while outcome recording edits them in place; run both at once
+/// and check neither loses the other's writes.
+async fn concurrent_tagging_and_outcomes_lose_nothing(store: &dyn SubscriptionStore) {
+    let tenant = unique_tenant("race");
+    let subs = batch(&tenant, 0..100, &[]);
+    store.import(&subs).await.unwrap();
+    let all: Vec<_> = subs.iter().map(|s| s.id).collect();
+    let failures: Vec<_> =
+        all.iter().map(|&id| DeliveryOutcome { id, result: DeliveryResult::Failed }).collect();
+    let topics: Vec<_> = (0..5).map(|n| topic(&format!("t{n}"))).collect();
+    let record_failures = async {
+        for round in 0..20 {
+            store.record_outcomes(&tenant, &failures, UnixSeconds(round)).await.unwrap();
+        }
+    };
+    let tag_all = async {
+        for topic in &topics {
+            assert_eq!(store.tag(&tenant, &all, topic).await.unwrap(), 100);
+        }
+    };
+    tokio::join!(record_failures, tag_all);
+    for topic in &topics {
+        assert_eq!(scan_ids(store, &tenant, &Audience::Topic(topic.clone())).await, ids(&subs));
+    }
+    for found in scan_all(store, &tenant, &Audience::Everyone, 100).await {
+        assert_eq!((found.consecutive_failures, &found.topics), (20, &topics));
+    }
+}
+
 async fn tenants_are_isolated(store: &dyn SubscriptionStore) {
     let owner = unique_tenant("owner");
     let intruder = unique_tenant("intruder");
@@ -221,6 +250,11 @@ macro_rules! conformance {
             #[tokio::test]
             async fn outcomes_are_recorded_in_batches() {
                 super::outcomes_are_recorded_in_batches(&*super::$backend().await.store).await;
+            }
+
+            #[tokio::test]
+            async fn concurrent_tagging_and_outcomes_lose_nothing() {
+                super::concurrent_tagging_and_outcomes_lose_nothing(&*super::$backend().await.store).await;
             }
 
             #[tokio::test]
