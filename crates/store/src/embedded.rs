@@ -96,6 +96,7 @@ impl EmbeddedStore {
 
 /// A subscription ready to write: its keys and encoded record.
 struct Encoded {
+    shard: ShardId,
     shard_prefix: Vec<u8>,
     id: SubscriptionId,
     tenant: TenantId,
@@ -131,7 +132,7 @@ impl Inner {
                 Some(old) => self.stored_topics(sub.id, &old)?,
                 None => Vec::new(),
             };
-            let shard = shard_of_prefix(&sub.shard_prefix);
+            let shard = sub.shard;
             for stale in old_topics.iter().filter(|t| sub.topics.binary_search(t).is_err()) {
                 batch.remove(
                     &self.members,
@@ -279,12 +280,6 @@ impl Inner {
     }
 }
 
-/// The shard a `subs` key prefix (from [`keys::embedded_shard`]) names: its last two bytes.
-fn shard_of_prefix(prefix: &[u8]) -> ShardId {
-    let n = prefix.len();
-    ShardId(u16::from_be_bytes([prefix[n - 2], prefix[n - 1]]))
-}
-
 #[async_trait]
 impl SubscriptionStore for EmbeddedStore {
     fn shard_count(&self) -> ShardCount {
@@ -299,8 +294,10 @@ impl SubscriptionStore for EmbeddedStore {
             .map(|sub| {
                 let mut record = Vec::with_capacity(256);
                 record::encode(sub, &mut record);
+                let shard = shards.shard_of(&sub.id);
                 Encoded {
-                    shard_prefix: keys::embedded_shard(&sub.tenant, shards.shard_of(&sub.id)),
+                    shard,
+                    shard_prefix: keys::embedded_shard(&sub.tenant, shard),
                     id: sub.id,
                     tenant: sub.tenant.clone(),
                     record,
