@@ -1,0 +1,483 @@
+//! The simulated push service over real sockets: hyper's auto builder serves HTTP/1.1 and h2c on
+//! plain TCP, and HTTP/2 or HTTP/1.1 (by ALPN) over rustls. Each request runs the checks of
+//! [`crate::check`], the faults of [`crate::faults`], and lands in [`crate::stats`].
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use pushfan_webpush::message::MAX_BODY_LEN;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::check::{self, BodyRejection, Rejection};
+use crate::faults::{Fault, FaultPlan, Faults};
+use crate::population::{Population, PopulationError};
+use crate::stats::{Stats, StatsSnapshot, Status};
+use crate::tls::{TlsError, TlsIdentity};
+
+/// How long shutdown waits for open connections to finish their requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the simulated push service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("binding the listener failed: {0}")]
+    Bind(#[source] io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Population(#[from] PopulationError),
+}
+
+/// Check one request in `n`: `Sample::ALL`, `Sample::NONE`, or `Sample::one_in(100)` for load
+/// tests where the push service must not be the bottleneck.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample(u32);
+
+impl Sample {
+    /// Every request.
+    pub const ALL: Sample = Sample(1);
+    /// No request.
+    pub const NONE: Sample = Sample(0);
+
+    /// One request in `n`; 0 means none.
+    pub const fn one_in(n: u32) -> Self {
+        Sample(n)
+    }
+
+    /// Whether the request with sequence number `sequence` is checked.
+    pub fn hits(self, sequence: u64) -> bool {
+        self.0 != 0 && sequence % u64::from(self.0) == 0
+    }
+}
+
+/// What the simulated push service is and does.
+#[derive(Clone, Debug)]
+pub struct PushSimConfig {
+    /// Whose messages it accepts: subscribers `0..count` with keys from the seed. Its origins
+    /// are ignored here; the handle gives a population with this server's origin.
+    pub population: Population,
+    /// Serve TLS with this identity (HTTP/2 or HTTP/1.1 by ALPN), or plain HTTP/1.1 and h2c.
+    pub tls: Option<Arc<TlsIdentity>>,
+    /// Which requests get their VAPID token verified.
+    pub vapid_sample: Sample,
+    /// Which requests get their body decrypted.
+    pub decrypt_sample: Sample,
+    /// When set, a decrypted body must equal this or is refused.
+    pub expected_payload: Option<Bytes>,
+    /// Faults to start with; change them at run time through [`PushSimHandle::faults`].
+    pub faults: FaultPlan,
+}
+
+impl PushSimConfig {
+    /// Plain HTTP, every request fully checked, no faults.
+    pub fn new(population: Population) -> Self {
+        Self {
+            population,
+            tls: None,
+            vapid_sample: Sample::ALL,
+            decrypt_sample: Sample::ALL,
+            expected_payload: None,
+            faults: FaultPlan::default(),
+        }
+    }
+
+    /// Serves TLS with a freshly generated identity.
+    pub fn with_tls(mut self) -> Result<Self, TlsError> {
+        self.tls = Some(TlsIdentity::generate()?);
+        Ok(self)
+    }
+}
+
+/// The counters and faults a running server shares with its handle.
+#[derive(Debug)]
+pub struct SimState {
+    /// What the server saw.
+    pub stats: Stats,
+    /// What it injects; change at will.
+    pub faults: Faults,
+    /// Numbers requests for sampling and `Location`.
+    sequence: AtomicU64,
+}
+
+impl SimState {
+    /// Fresh counters and the config's faults.
+    pub fn new(config: &PushSimConfig) -> Arc<Self> {
+        let count = config.population.count();
+        Arc::new(Self {
+            stats: Stats::new(count),
+            faults: Faults::new(count, &config.faults),
+            sequence: AtomicU64::new(0),
+        })
+    }
+}
+
+/// Serves the simulated push service on `listener` until `shutdown` completes, then stops
+/// accepting and gives open connections [`DRAIN_TIMEOUT`] to finish.
+pub async fn run(
+    listener: TcpListener,
+    config: &PushSimConfig,
+    state: Arc<SimState>,
+    shutdown: impl Future,
+) -> Result<(), ServerError> {
+    let acceptor = match &config.tls {
+        Some(identity) => Some(TlsAcceptor::from(Arc::new(identity.server_config()?))),
+        None => None,
+    };
+    let handler = Arc::new(Handler {
+        population: config.population.clone(),
+        scheme: if acceptor.is_some() { "https" } else { "http" },
+        vapid_sample: config.vapid_sample,
+        decrypt_sample: config.decrypt_sample,
+        expected_payload: config.expected_payload.clone(),
+        state,
+    });
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Usually out of file descriptors: wait for connections to close.
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        // Push messages are small requests awaiting small answers; Nagle would only add latency.
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%error, "set_nodelay failed");
+        }
+        let (builder, handler, acceptor, watcher) =
+            (Arc::clone(&builder), Arc::clone(&handler), acceptor.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            match acceptor {
+                None => serve(&builder, watcher, TokioIo::new(stream), handler).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => serve(&builder, watcher, TokioIo::new(tls), handler).await,
+                    Err(error) => debug!(%error, %peer, "TLS handshake failed"),
+                },
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => warn!("connections still open after the drain timeout"),
+    }
+    Ok(())
+}
+
+async fn serve<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: TokioIo<I>,
+    handler: Arc<Handler>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let handler = Arc::clone(&handler);
+        async move { Ok::<_, Infallible>(handler.handle(request).await) }
+    });
+    if let Err(error) = watcher.watch(builder.serve_connection(io, service)).await {
+        debug!(%error, "connection ended with an error");
+    }
+}
+
+/// Everything a request needs, shared by all connections.
+struct Handler {
+    population: Population,
+    scheme: &'static str,
+    vapid_sample: Sample,
+    decrypt_sample: Sample,
+    expected_payload: Option<Bytes>,
+    state: Arc<SimState>,
+}
+
+/// Why a request was not accepted.
+enum Refusal {
+    Fault(Fault),
+    Rejected(Rejection),
+}
+
+impl From<Rejection> for Refusal {
+    fn from(rejection: Rejection) -> Self {
+        Refusal::Rejected(rejection)
+    }
+}
+
+impl Handler {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let delay = self.state.faults.delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let (parts, body) = request.into_parts();
+        let (status, response) = match self.process(&parts, body).await {
+            Ok(sequence) => {
+                let mut response = respond(Status::Created, Bytes::new());
+                let location =
+                    HeaderValue::try_from(format!("/m/{sequence}")).expect("digits are a valid header");
+                response.headers_mut().insert(LOCATION, location);
+                (Status::Created, response)
+            }
+            Err(Refusal::Rejected(rejection)) => {
+                (rejection.status, respond(rejection.status, Bytes::from(rejection.body())))
+            }
+            Err(Refusal::Fault(fault)) => fault_response(fault),
+        };
+        self.state.stats.answered(status);
+        metrics::counter!("pushsim_responses_total", "status" => status.label()).increment(1);
+        response
+    }
+
+    /// Runs every check; on success returns the message's sequence number.
+    async fn process(&self, parts: &Parts, body: Incoming) -> Result<u64, Refusal> {
+        let index = check::route(&parts.method, parts.uri.path(), self.population.count())?;
+        check::check_content_length(&parts.headers)?;
+        // Read the body even when a fault answers, so HTTP/1.1 connections stay reusable.
+        let body = match Limited::new(body, MAX_BODY_LEN).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) if error.is::<LengthLimitError>() => return Err(check::too_large().into()),
+            Err(error) => {
+                debug!(index, %error, "reading the body failed");
+                return Err(
+                    Rejection { status: Status::BadRequest, reason: "UnreadableBody", detail: None }.into()
+                );
+            }
+        };
+        if let Some(fault) = self.state.faults.on_request(index) {
+            debug!(index, ?fault, "injecting a fault");
+            return Err(Refusal::Fault(fault));
+        }
+        let message = check::message_headers(&parts.headers, body.len())?;
+        let sequence = self.state.sequence.fetch_add(1, Relaxed);
+        if self.vapid_sample.hits(sequence) {
+            let authority = check::authority(&parts.uri, &parts.headers).ok_or(Rejection {
+                status: Status::BadRequest,
+                reason: "MissingHost",
+                detail: None,
+            })?;
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let verified =
+                check::check_vapid(&parts.headers, message.legacy_vapid_key, self.scheme, authority, now);
+            self.state.stats.vapid(verified.is_ok());
+            if let Err(rejection) = verified {
+                metrics::counter!("pushsim_vapid_failures_total").increment(1);
+                debug!(index, reason = rejection.reason, "VAPID refused");
+                return Err(rejection.into());
+            }
+        }
+        match message.encoding {
+            Some(encoding) if self.decrypt_sample.hits(sequence) => {
+                // Keys are derived per request rather than held: 1M subscribers' keys would be
+                // over 100 MB, and derivation adds one base-point multiplication to the ECDH.
+                let keys = self.population.keys(index);
+                let expected = self.expected_payload.as_deref();
+                let checked = check::check_body(&keys, encoding, &body, message.aesgcm.as_ref(), expected);
+                match &checked {
+                    Ok(()) => self.state.stats.decrypt(true),
+                    Err(BodyRejection::Decrypt(_)) => self.state.stats.decrypt(false),
+                    Err(BodyRejection::Mismatch) => {
+                        self.state.stats.decrypt(true);
+                        self.state.stats.payload_mismatch();
+                    }
+                }
+                if let Err(refused) = checked {
+                    metrics::counter!("pushsim_decrypt_failures_total").increment(1);
+                    debug!(index, ?refused, "body refused");
+                    return Err(refused.rejection().into());
+                }
+            }
+            None if self.expected_payload.is_some() && self.decrypt_sample.hits(sequence) => {
+                self.state.stats.payload_mismatch();
+                return Err(Rejection {
+                    status: Status::BadRequest,
+                    reason: "UnexpectedPayload",
+                    detail: None,
+                }
+                .into());
+            }
+            _ => {}
+        }
+        self.state.stats.accepted(index);
+        debug!(index, sequence, "push accepted");
+        Ok(sequence)
+    }
+}
+
+/// A response with a JSON body, or an empty one.
+fn respond(status: Status, body: Bytes) -> Response<Full<Bytes>> {
+    let json = !body.is_empty();
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = StatusCode::from_u16(status.code()).expect("every Status is a valid code");
+    if json {
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    response
+}
+
+/// The answers of injected faults, worded like the real services (Apple's `Unregistered` for
+/// 410, FCM's `NotFound` for 404).
+fn fault_response(fault: Fault) -> (Status, Response<Full<Bytes>>) {
+    let (status, body): (Status, &'static [u8]) = match fault {
+        Fault::Gone => (Status::Gone, br#"{"reason":"Unregistered"}"#),
+        Fault::NotFound => (Status::NotFound, br#"{"reason":"NotFound"}"#),
+        Fault::Throttled { .. } => (Status::TooManyRequests, br#"{"reason":"TooManyRequests"}"#),
+        Fault::ServerError => (Status::InternalServerError, br#"{"reason":"InternalServerError"}"#),
+    };
+    let mut response = respond(status, Bytes::from_static(body));
+    if let Fault::Throttled { retry_after_secs } = fault {
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    }
+    (status, response)
+}
+
+/// Starts simulated push services.
+#[derive(Debug)]
+pub struct PushSim {
+    _private: (),
+}
+
+impl PushSim {
+    /// Starts on `127.0.0.1` with a free port, the way tests want it.
+    pub async fn start(config: PushSimConfig) -> Result<PushSimHandle, ServerError> {
+        Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
+    }
+
+    /// Starts on `addr`.
+    pub async fn bind(addr: SocketAddr, config: PushSimConfig) -> Result<PushSimHandle, ServerError> {
+        let listener = TcpListener::bind(addr).await.map_err(ServerError::Bind)?;
+        let addr = listener.local_addr().map_err(ServerError::Bind)?;
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        // A wildcard listener is reached through loopback; the certificate names 127.0.0.1.
+        let host = match addr.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+            ip if ip.is_unspecified() => "[::1]".to_owned(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+        };
+        let base_url = format!("{scheme}://{host}:{}", addr.port());
+        let population = config.population.clone().with_origins(&[&base_url])?;
+        let state = SimState::new(&config);
+        let tls = config.tls.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = {
+            let state = Arc::clone(&state);
+            tokio::spawn(async move {
+                // A dropped handle stops the server too: the receiver then completes with an error.
+                let result = run(listener, &config, state, stopped).await;
+                if let Err(error) = &result {
+                    warn!(%error, "the simulated push service stopped");
+                }
+                result
+            })
+        };
+        info!(%base_url, "simulated push service listening");
+        Ok(PushSimHandle { addr, base_url, tls, population, state, stop: Some(stop), task })
+    }
+}
+
+/// A running simulated push service.
+#[derive(Debug)]
+pub struct PushSimHandle {
+    addr: SocketAddr,
+    base_url: String,
+    tls: Option<Arc<TlsIdentity>>,
+    population: Population,
+    state: Arc<SimState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl PushSimHandle {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT` or `https://…`: the origin, and the VAPID audience.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The CA certificate (PEM) that clients must trust, when serving TLS.
+    pub fn cert_pem(&self) -> Option<&str> {
+        self.tls.as_deref().map(TlsIdentity::ca_pem)
+    }
+
+    /// The TLS identity, for [`TlsIdentity::client_config`] or the CA in DER form.
+    pub fn tls(&self) -> Option<&Arc<TlsIdentity>> {
+        self.tls.as_ref()
+    }
+
+    /// The population with endpoints on this server.
+    pub fn population(&self) -> &Population {
+        &self.population
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.state.stats.snapshot()
+    }
+
+    /// The live counters: per-subscriber receive counts, reset between test phases.
+    pub fn live_stats(&self) -> &Stats {
+        &self.state.stats
+    }
+
+    /// The live faults, to change while traffic flows.
+    pub fn faults(&self) -> &Faults {
+        &self.state.faults
+    }
+
+    /// Stops accepting, lets open requests finish, and waits for the server to end.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            // The server may already be gone; there is nothing more to stop then.
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_pick_one_request_in_n() {
+        assert!((0..10).all(|s| Sample::ALL.hits(s)));
+        assert!(!(0..10).any(|s| Sample::NONE.hits(s)));
+        let picked: Vec<u64> = (0..10).filter(|&s| Sample::one_in(4).hits(s)).collect();
+        assert_eq!(picked, vec![0, 4, 8]);
+    }
+}
