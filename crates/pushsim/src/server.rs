@@ -150,6 +150,7 @@ pub async fn run(
         decrypt_sample: config.decrypt_sample,
         expected_payload: config.expected_payload.clone(),
         state,
+        metrics: Metrics::register(),
     });
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     let graceful = GracefulShutdown::new();
@@ -216,6 +217,25 @@ struct Handler {
     decrypt_sample: Sample,
     expected_payload: Option<Bytes>,
     state: Arc<SimState>,
+    metrics: Metrics,
+}
+
+/// Counters registered once, so the request path does not build metric keys.
+struct Metrics {
+    responses: [metrics::Counter; Status::ALL.len()],
+    vapid_failures: metrics::Counter,
+    decrypt_failures: metrics::Counter,
+}
+
+impl Metrics {
+    fn register() -> Self {
+        Self {
+            responses: Status::ALL
+                .map(|s| metrics::counter!("pushsim_responses_total", "status" => s.label())),
+            vapid_failures: metrics::counter!("pushsim_vapid_failures_total"),
+            decrypt_failures: metrics::counter!("pushsim_decrypt_failures_total"),
+        }
+    }
 }
 
 /// Why a request was not accepted.
@@ -251,7 +271,7 @@ impl Handler {
             Err(Refusal::Fault(fault)) => fault_response(fault),
         };
         self.state.stats.answered(status);
-        metrics::counter!("pushsim_responses_total", "status" => status.label()).increment(1);
+        self.metrics.responses[status as usize].increment(1);
         response
     }
 
@@ -287,7 +307,7 @@ impl Handler {
                 check::check_vapid(&parts.headers, message.legacy_vapid_key, self.scheme, authority, now);
             self.state.stats.vapid(verified.is_ok());
             if let Err(rejection) = verified {
-                metrics::counter!("pushsim_vapid_failures_total").increment(1);
+                self.metrics.vapid_failures.increment(1);
                 debug!(index, reason = rejection.reason, "VAPID refused");
                 return Err(rejection.into());
             }
@@ -308,7 +328,7 @@ impl Handler {
                     }
                 }
                 if let Err(refused) = checked {
-                    metrics::counter!("pushsim_decrypt_failures_total").increment(1);
+                    self.metrics.decrypt_failures.increment(1);
                     debug!(index, ?refused, "body refused");
                     return Err(refused.rejection().into());
                 }

@@ -21,7 +21,7 @@ pub enum Status {
 }
 
 impl Status {
-    const ALL: [Status; 11] = [
+    pub(crate) const ALL: [Status; 11] = [
         Status::Created,
         Status::BadRequest,
         Status::Unauthorized,

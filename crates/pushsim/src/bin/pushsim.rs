@@ -39,6 +39,7 @@ struct Args {
     /// Fraction of subscribers whose first `--throttle-first` requests get 429.
     #[arg(long, default_value_t = 0.0)]
     throttle: f64,
+    /// How many requests per throttled subscriber get 429.
     #[arg(long, default_value_t = 1)]
     throttle_first: u32,
     /// `Retry-After` seconds sent with 429.
@@ -47,6 +48,7 @@ struct Args {
     /// Fraction of subscribers whose first `--fail-first` requests get 500.
     #[arg(long, default_value_t = 0.0)]
     fail: f64,
+    /// How many requests per failing subscriber get 500.
     #[arg(long, default_value_t = 1)]
     fail_first: u32,
     /// Milliseconds to hold every answer.
