@@ -26,7 +26,8 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(status: Status, reason: &'static str) -> Self {
+    /// A refusal without detail.
+    pub fn new(status: Status, reason: &'static str) -> Self {
         Self { status, reason, detail: None }
     }
 

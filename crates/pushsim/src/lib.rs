@@ -7,6 +7,12 @@
 //! - [`stats`]: lock-free counters, with per-subscriber receive counts.
 //! - [`tls`]: a throwaway CA and server certificate for loopback.
 //! - [`server`]: the hyper plumbing: [`run`] on a listener, or [`PushSim::start`] for a handle.
+//!
+//! A test starts one with `PushSim::start(PushSimConfig::new(Population::new(seed, n)))` (add
+//! `.with_tls()?` for HTTPS), sends to `handle.population().endpoint(i)` with keys
+//! `handle.population().keys(i).subscription_keys()`, and asserts on `handle.stats()`. Over TLS
+//! a client trusts `handle.cert_pem()` (the CA), or takes a ready rustls config from
+//! `handle.tls().unwrap().client_config(&[b"h2"])`.
 
 pub mod check;
 pub mod faults;

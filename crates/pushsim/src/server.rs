@@ -285,9 +285,7 @@ impl Handler {
             Err(error) if error.is::<LengthLimitError>() => return Err(check::too_large().into()),
             Err(error) => {
                 debug!(index, %error, "reading the body failed");
-                return Err(
-                    Rejection { status: Status::BadRequest, reason: "UnreadableBody", detail: None }.into()
-                );
+                return Err(Rejection::new(Status::BadRequest, "UnreadableBody").into());
             }
         };
         if let Some(fault) = self.state.faults.on_request(index) {
@@ -297,11 +295,8 @@ impl Handler {
         let message = check::message_headers(&parts.headers, body.len())?;
         let sequence = self.state.sequence.fetch_add(1, Relaxed);
         if self.vapid_sample.hits(sequence) {
-            let authority = check::authority(&parts.uri, &parts.headers).ok_or(Rejection {
-                status: Status::BadRequest,
-                reason: "MissingHost",
-                detail: None,
-            })?;
+            let authority = check::authority(&parts.uri, &parts.headers)
+                .ok_or(Rejection::new(Status::BadRequest, "MissingHost"))?;
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let verified =
                 check::check_vapid(&parts.headers, message.legacy_vapid_key, self.scheme, authority, now);
@@ -335,12 +330,7 @@ impl Handler {
             }
             None if self.expected_payload.is_some() && self.decrypt_sample.hits(sequence) => {
                 self.state.stats.payload_mismatch();
-                return Err(Rejection {
-                    status: Status::BadRequest,
-                    reason: "UnexpectedPayload",
-                    detail: None,
-                }
-                .into());
+                return Err(Rejection::new(Status::BadRequest, "UnexpectedPayload").into());
             }
             _ => {}
         }

@@ -269,3 +269,30 @@ async fn unsampled_requests_skip_vapid_and_decryption() {
     sim.shutdown().await.unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed after shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_h2c_broadcast_lands_exactly_once_each() {
+    let count = 200;
+    let config = PushSimConfig {
+        vapid_sample: Sample::one_in(10),
+        decrypt_sample: Sample::one_in(10),
+        ..PushSimConfig::new(Population::new(11, count))
+    };
+    let sim = PushSim::start(config).await.unwrap();
+    let client = h2c_client();
+    let signer = signer();
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let request = message(&sim, &signer, i, i, ContentEncoding::Aes128gcm, b"everyone");
+        let client = client.clone();
+        requests.spawn(async move { send(&client, request).await.status });
+    }
+    while let Some(status) = requests.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::CREATED);
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.received.exactly_one, count);
+    // Sequence numbers 0, 10, …, 190 are sampled, whatever order the requests arrived in.
+    assert_eq!((stats.vapid_verified, stats.decrypted), (20, 20));
+    sim.shutdown().await.unwrap();
+}
