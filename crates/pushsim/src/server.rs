@@ -132,7 +132,7 @@ impl SimState {
 }
 
 /// Serves the simulated push service on `listener` until `shutdown` completes, then stops
-/// accepting and gives open connections [`DRAIN_TIMEOUT`] to finish.
+/// accepting and gives open connections five seconds to finish.
 pub async fn run(
     listener: TcpListener,
     config: &PushSimConfig,

@@ -129,6 +129,24 @@ async fn h2c_with_prior_knowledge() {
         send(&h2c_client(), message(&sim, &signer(), 1, 1, ContentEncoding::Aes128gcm, b"h2c")).await;
     assert_eq!((answer.status, answer.version), (StatusCode::CREATED, Version::HTTP_2));
     assert_eq!(sim.live_stats().receive_counts(), vec![0, 1]);
+
+    // An origin label in the path, as a load test simulating several push services uses it.
+    let labelled = Population::new(7, 2).with_origins(&[format!("{}/fcm", sim.base_url())]).unwrap();
+    let endpoint = labelled.endpoint(0).unwrap();
+    assert!(endpoint.as_str().ends_with("/fcm/push/0"));
+    let signer = signer();
+    let push = encrypt(
+        Backend::AwsLc,
+        labelled.keys(0).subscription_keys(),
+        ContentEncoding::Aes128gcm,
+        b"labelled",
+        &Padding::None,
+    )
+    .unwrap();
+    let token = signer.sign(&endpoint.origin(), now());
+    let request = build_request(&endpoint, &push, &PushOptions::default(), &token).map(Full::new);
+    assert_eq!(send(&h2c_client(), request).await.status, StatusCode::CREATED);
+    assert_eq!(sim.live_stats().receive_counts(), vec![1, 1]);
     sim.shutdown().await.unwrap();
 }
 
