@@ -3,7 +3,7 @@
 //! A [`FaultPlan`] is the declarative form (config, command line). [`Faults`] is its run-time
 //! form: one flag byte and one attempt counter per subscriber plus a few global knobs, all
 //! atomics, so the request path takes no lock and tests can change faults while traffic flows.
-//! [`decide`] is the pure rule that turns a subscriber's flags and attempt number into an answer.
+//! `decide` is the pure rule that turns a subscriber's flags and attempt number into an answer.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
@@ -98,7 +98,7 @@ pub enum Fault {
 
 /// The rule: gone and not-found are permanent; a throttled subscriber's first `throttle_first`
 /// attempts get 429; a failing subscriber's next `fail_first` attempts get 500; then it is served.
-pub fn decide(
+pub(crate) fn decide(
     flags: u8,
     attempt: u32,
     throttle_first: u32,
