@@ -27,8 +27,9 @@ pub enum FinalOutcome {
     Gone,
     /// The push service refused the message (400/401/403/413, other 4xx), with its reason.
     Rejected { status: u16, reason: String },
-    /// Every attempt failed with a transient error; the last one is kept.
-    FailedAfterRetries { attempts: u32, last: String },
+    /// Every attempt failed with a transient error; the last one is kept, and whether it was
+    /// the push service throttling us.
+    FailedAfterRetries { attempts: u32, last: String, throttled: bool },
     /// The message's TTL ran out before a push service took it.
     Expired,
 }
@@ -90,8 +91,8 @@ impl RetryPolicy {
         expires_at: SystemTime,
         jitter: f64,
     ) -> Next {
-        let (delay, pause_origin, last) = match attempt {
-            Attempt::Response(outcome) => match outcome {
+        let (delay, pause_origin, last) = match &attempt {
+            Attempt::Response(outcome) => match outcome.clone() {
                 PushOutcome::Accepted => return Next::Finish(FinalOutcome::Accepted),
                 PushOutcome::Gone { .. } => return Next::Finish(FinalOutcome::Gone),
                 PushOutcome::TooLarge => {
@@ -113,10 +114,11 @@ impl RetryPolicy {
                     (self.jittered(attempts, jitter), None, format!("HTTP {status}"))
                 }
             },
-            Attempt::Transport(error) => (self.jittered(attempts, jitter), None, error),
+            Attempt::Transport(error) => (self.jittered(attempts, jitter), None, error.clone()),
         };
         if attempts >= self.max_attempts {
-            return Next::Finish(FinalOutcome::FailedAfterRetries { attempts, last });
+            let throttled = matches!(attempt, Attempt::Response(PushOutcome::Throttled { .. }));
+            return Next::Finish(FinalOutcome::FailedAfterRetries { attempts, last, throttled });
         }
         if now + delay >= expires_at {
             return Next::Finish(FinalOutcome::Expired);
@@ -199,7 +201,11 @@ mod tests {
         );
         assert_eq!(
             p.next(Attempt::Transport("connection reset".into()), 6, NOW, far(), 0.3),
-            Next::Finish(FinalOutcome::FailedAfterRetries { attempts: 6, last: "connection reset".into() })
+            Next::Finish(FinalOutcome::FailedAfterRetries {
+                attempts: 6,
+                last: "connection reset".into(),
+                throttled: false
+            })
         );
     }
 

@@ -1,0 +1,207 @@
+//! pushfan's roles, each a loop over one bus topic, the same code in `pushfan standalone` (on the
+//! embedded bus and store) and in a cluster (on Kafka and Redis):
+//!
+//! | loop                      | consumes          | does                                          | hands on to        |
+//! |---------------------------|-------------------|-----------------------------------------------|--------------------|
+//! | [`worker::run_planner`]   | publish requests  | records the broadcast, one job per shard      | shard jobs         |
+//! | [`worker::run_encryptor`] | shard jobs        | scans the shard page by page, encrypts (rayon) | delivery batches   |
+//! | [`deliverer::run`]        | delivery batches  | POSTs through the gateway, prunes 404/410     | delivery results   |
+//! | [`stats::run`]            | delivery results  | adds them to the broadcast ledger             | (the ledger)       |
+//!
+//! Invariant: a loop acks a message only after its work is durably handed on (the next message
+//! sent, the store or ledger written). A loop that dies mid-message leaves it unacked and the bus
+//! delivers it again; every ledger write is keyed by its step, so repeated work counts once.
+
+pub mod deliverer;
+pub mod plan;
+pub mod stats;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pushfan_bus::Bus;
+use pushfan_gateway::Gateway;
+use pushfan_store::ledger::BroadcastLedger;
+use pushfan_store::{SubscriptionStore, VapidKeyId};
+use pushfan_webpush::vapid::TokenCache;
+use pushfan_webpush::{Backend, EndpointPolicy, Padding};
+use tokio_util::sync::CancellationToken;
+
+/// The VAPID keys a deployment signs with, by id. Subscriptions remember the key they were
+/// created with, so an old key stays here until its subscriptions are gone.
+#[derive(Debug, Default)]
+pub struct Keyring {
+    keys: HashMap<VapidKeyId, Arc<TokenCache>>,
+}
+
+impl Keyring {
+    /// Adds (or replaces) key `id`.
+    pub fn insert(&mut self, id: VapidKeyId, tokens: TokenCache) {
+        self.keys.insert(id, Arc::new(tokens));
+    }
+
+    /// The token cache of key `id`.
+    pub fn get(&self, id: VapidKeyId) -> Option<&Arc<TokenCache>> {
+        self.keys.get(&id)
+    }
+}
+
+/// Tuning of the loops.
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    /// Subscriptions per store page; one page becomes one delivery batch per VAPID key.
+    pub page_size: usize,
+    /// Shard jobs one encryptor works on at once.
+    pub concurrent_shard_jobs: usize,
+    /// Delivery batches one deliverer works on at once.
+    pub concurrent_batches: usize,
+    /// Which crypto backend encrypts.
+    pub backend: Backend,
+    /// Padding to hide payload lengths.
+    pub padding: Padding,
+    /// Which endpoints the deliverer will send to.
+    pub endpoint_policy: EndpointPolicy,
+    /// Write each delivery's outcome (last success, consecutive failures) back to the store.
+    pub record_outcomes: bool,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            page_size: 512,
+            concurrent_shard_jobs: 4,
+            concurrent_batches: 8,
+            backend: Backend::default(),
+            padding: Padding::None,
+            endpoint_policy: EndpointPolicy::default(),
+            record_outcomes: true,
+        }
+    }
+}
+
+/// What every loop works with. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Pipeline<B: Bus> {
+    /// The job bus.
+    pub bus: B,
+    /// Subscriptions.
+    pub store: Arc<dyn SubscriptionStore>,
+    /// Broadcast bookkeeping.
+    pub ledger: Arc<dyn BroadcastLedger>,
+    /// VAPID keys.
+    pub keyring: Arc<Keyring>,
+    /// Sends to push services.
+    pub gateway: Gateway,
+    /// Tuning.
+    pub config: PipelineConfig,
+}
+
+/// Consumer group names: one per loop, so every loop sees every message of its topic once
+/// across all processes running it.
+pub mod groups {
+    /// Publish requests → shard jobs.
+    pub const PLANNER: &str = "pushfan-planner";
+    /// Shard jobs → delivery batches.
+    pub const ENCRYPTOR: &str = "pushfan-encryptor";
+    /// Delivery batches → results.
+    pub const DELIVERER: &str = "pushfan-deliverer";
+    /// Results → ledger.
+    pub const STATS: &str = "pushfan-stats";
+}
+
+/// Why a loop stopped other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("bus: {0}")]
+    Bus(#[from] pushfan_bus::BusError),
+    #[error("store: {0}")]
+    Store(#[from] pushfan_store::StoreError),
+}
+
+/// Runs until `shutdown` fires, then returns; a loop that cannot go on returns its error.
+pub(crate) async fn until_shutdown<F>(shutdown: &CancellationToken, work: F) -> Result<(), PipelineError>
+where
+    F: std::future::Future<Output = Result<(), PipelineError>>,
+{
+    tokio::select! {
+        () = shutdown.cancelled() => Ok(()),
+        result = work => result,
+    }
+}
+
+/// How handling one message failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandleError {
+    /// The message itself is wrong: report it and move on, retrying cannot help.
+    #[error(transparent)]
+    Invalid(#[from] plan::PlanError),
+    /// The bus or the store failed: keep the message and try again.
+    #[error(transparent)]
+    Transient(#[from] PipelineError),
+}
+
+impl From<pushfan_store::StoreError> for HandleError {
+    fn from(error: pushfan_store::StoreError) -> Self {
+        HandleError::Transient(error.into())
+    }
+}
+
+impl From<pushfan_bus::BusError> for HandleError {
+    fn from(error: pushfan_bus::BusError) -> Self {
+        HandleError::Transient(error.into())
+    }
+}
+
+/// Consumes `M` in `group`, handling up to `concurrency` messages at once. A transient failure
+/// retries the same message with capped backoff, holding its ack (so a broken store slows the
+/// loop down instead of losing work); an invalid message is counted, logged and acked.
+pub(crate) async fn consume<B, M, H, Fut>(
+    bus: &B,
+    group: &'static str,
+    concurrency: usize,
+    shutdown: &CancellationToken,
+    handler: H,
+) -> Result<(), PipelineError>
+where
+    B: Bus,
+    M: pushfan_bus::BusMessage,
+    H: Fn(Arc<M>, pushfan_bus::MessageContext) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), HandleError>> + Send + 'static,
+{
+    let mut consumer = bus.consume::<M>(group)?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    // Dropping the set aborts in-flight handlers; their messages stay unacked and come back.
+    let mut running = tokio::task::JoinSet::new();
+    until_shutdown(shutdown, async {
+        loop {
+            let slot = Arc::clone(&slots).acquire_owned().await.expect("never closed");
+            let received = consumer.next().await?;
+            while running.try_join_next().is_some() {}
+            let handler = handler.clone();
+            running.spawn(async move {
+                let message = Arc::new(received.message);
+                let mut backoff = std::time::Duration::from_millis(100);
+                loop {
+                    match handler(Arc::clone(&message), received.context.clone()).await {
+                        Ok(()) => break,
+                        Err(HandleError::Invalid(error)) => {
+                            tracing::error!(group, %error, "skipping an invalid message");
+                            metrics::counter!("pushfan_pipeline_invalid_messages_total", "group" => group).increment(1);
+                            break;
+                        }
+                        Err(HandleError::Transient(error)) => {
+                            tracing::warn!(group, %error, retry_in_ms = backoff.as_millis() as u64, "handling failed; retrying");
+                            metrics::counter!("pushfan_pipeline_retries_total", "group" => group).increment(1);
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+                        }
+                    }
+                }
+                received.ack.ack();
+                drop(slot);
+            });
+        }
+    })
+    .await
+}

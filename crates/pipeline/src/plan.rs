@@ -1,0 +1,367 @@
+//! The pipeline's pure decisions: how a publish splits into shard jobs, how bus messages map to
+//! the standards core's types and back, and how delivery reports add up. No I/O.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pushfan_bus::messages::{
+    self as bus, target, DeliveryBatch, OutcomeCounts, PublishRequest, Rejection, ShardJob,
+};
+use pushfan_gateway::{FinalOutcome, Report};
+use pushfan_store::ledger::{BroadcastCounts, BroadcastId, ProgressDelta, RejectionReason};
+use pushfan_store::{Audience, ShardCount, ShardId, SubscriptionId, TenantId, Topic};
+use pushfan_webpush::{AesgcmParams, ContentEncoding, EncryptedPush, PushOptions, Urgency};
+
+/// A bus message that breaks the pipeline's rules. Ingest validates everything it accepts, so
+/// this means a bug or a foreign writer; the message is reported and skipped, never retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{field} is invalid: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl ToString) -> PlanError {
+    PlanError::Invalid { field, reason: reason.to_string() }
+}
+
+/// Who a shard job sends to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobTarget {
+    /// Named subscriptions (all in the job's shard).
+    Subscriptions(Vec<SubscriptionId>),
+    /// The members of a topic, or everyone.
+    Audience(Audience),
+}
+
+/// A publish request's tenant and broadcast id, validated.
+pub fn identity(tenant: &str, broadcast: &str) -> Result<(TenantId, BroadcastId), PlanError> {
+    Ok((
+        TenantId::new(tenant).map_err(|e| invalid("tenant", e))?,
+        BroadcastId::new(broadcast).map_err(|e| invalid("broadcast_id", e))?,
+    ))
+}
+
+/// Splits a publish into one job per shard that can hold any of its audience: every shard for
+/// a topic or everyone, only the shards of the named ids for a list.
+pub fn shard_jobs(request: &PublishRequest, shards: ShardCount) -> Result<Vec<ShardJob>, PlanError> {
+    let ttl = request.options.as_ref().map_or(0, |o| o.ttl_seconds);
+    let expires_at_ms = request.created_at_ms.saturating_add(i64::from(ttl) * 1000);
+    let job = |shard: ShardId, target: bus::Target| ShardJob {
+        broadcast_id: request.broadcast_id.clone(),
+        tenant: request.tenant.clone(),
+        target: Some(target),
+        shard_index: u32::from(shard.0),
+        shard_count: u32::from(shards.get()),
+        payload: request.payload.clone(),
+        options: request.options.clone(),
+        vapid_key_id: request.vapid_key_id.clone(),
+        created_at_ms: request.created_at_ms,
+        expires_at_ms,
+    };
+    let target =
+        request.target.as_ref().and_then(|t| t.kind.as_ref()).ok_or_else(|| invalid("target", "missing"))?;
+    match target {
+        target::Kind::Subscriptions(list) => {
+            let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); usize::from(shards.get())];
+            for hex in &list.ids {
+                let id = SubscriptionId::parse_hex(hex).map_err(|e| invalid("target.subscriptions", e))?;
+                by_shard[usize::from(shards.shard_of(&id).0)].push(hex.clone());
+            }
+            Ok(by_shard
+                .into_iter()
+                .enumerate()
+                .filter(|(_, ids)| !ids.is_empty())
+                .map(|(shard, ids)| {
+                    let kind = target::Kind::Subscriptions(bus::SubscriptionIds { ids });
+                    job(ShardId(shard as u16), bus::Target { kind: Some(kind) })
+                })
+                .collect())
+        }
+        target::Kind::Topic(_) | target::Kind::Everyone(_) => {
+            Ok(shards.all().map(|shard| job(shard, bus::Target { kind: Some(target.clone()) })).collect())
+        }
+    }
+}
+
+/// The job's target in store terms.
+pub fn job_target(job: &ShardJob) -> Result<JobTarget, PlanError> {
+    match job.target.as_ref().and_then(|t| t.kind.as_ref()).ok_or_else(|| invalid("target", "missing"))? {
+        target::Kind::Subscriptions(list) => list
+            .ids
+            .iter()
+            .map(|hex| SubscriptionId::parse_hex(hex).map_err(|e| invalid("target.subscriptions", e)))
+            .collect::<Result<_, _>>()
+            .map(JobTarget::Subscriptions),
+        target::Kind::Topic(name) => Topic::new(name)
+            .map(|t| JobTarget::Audience(Audience::Topic(t)))
+            .map_err(|e| invalid("target.topic", e)),
+        target::Kind::Everyone(_) => Ok(JobTarget::Audience(Audience::Everyone)),
+    }
+}
+
+/// RFC 8030 options from their bus form.
+pub fn push_options(options: Option<&bus::PushOptions>) -> Result<PushOptions, PlanError> {
+    let Some(options) = options else { return Ok(PushOptions::default()) };
+    let urgency =
+        match bus::Urgency::try_from(options.urgency).map_err(|_| invalid("urgency", options.urgency))? {
+            bus::Urgency::Unspecified | bus::Urgency::Normal => Urgency::Normal,
+            bus::Urgency::VeryLow => Urgency::VeryLow,
+            bus::Urgency::Low => Urgency::Low,
+            bus::Urgency::High => Urgency::High,
+        };
+    let topic = match options.topic.as_str() {
+        "" => None,
+        topic => Some(pushfan_webpush::Topic::parse(topic).map_err(|e| invalid("options.topic", e))?),
+    };
+    Ok(PushOptions { ttl: options.ttl_seconds, urgency, topic })
+}
+
+/// Milliseconds since the Unix epoch as a `SystemTime`; negative clamps to the epoch.
+pub fn system_time(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// The bus form of one encrypted push.
+pub fn delivery(id: SubscriptionId, endpoint: &str, push: EncryptedPush) -> bus::Delivery {
+    bus::Delivery {
+        subscription_id: id.to_string(),
+        endpoint: endpoint.to_owned(),
+        content_encoding: match push.encoding {
+            ContentEncoding::Aes128gcm => bus::ContentEncoding::Aes128gcm,
+            ContentEncoding::Aesgcm => bus::ContentEncoding::Aesgcm,
+        } as i32,
+        aesgcm: push.aesgcm.map(|p| bus::AesgcmParams {
+            salt: bytes::Bytes::copy_from_slice(&p.salt),
+            dh: bytes::Bytes::copy_from_slice(&p.dh),
+        }),
+        body: push.body,
+    }
+}
+
+/// One encrypted push back from its bus form.
+pub fn encrypted_push(delivery: &bus::Delivery) -> Result<EncryptedPush, PlanError> {
+    let encoding = match bus::ContentEncoding::try_from(delivery.content_encoding) {
+        Ok(bus::ContentEncoding::Aes128gcm | bus::ContentEncoding::Unspecified) => ContentEncoding::Aes128gcm,
+        Ok(bus::ContentEncoding::Aesgcm) => ContentEncoding::Aesgcm,
+        Err(_) => return Err(invalid("content_encoding", delivery.content_encoding)),
+    };
+    let aesgcm = match (encoding, delivery.aesgcm.as_ref()) {
+        (ContentEncoding::Aesgcm, Some(p)) => Some(AesgcmParams {
+            salt: p.salt.as_ref().try_into().map_err(|_| invalid("aesgcm.salt", "not 16 bytes"))?,
+            dh: p.dh.as_ref().try_into().map_err(|_| invalid("aesgcm.dh", "not 65 bytes"))?,
+        }),
+        (ContentEncoding::Aesgcm, None) => return Err(invalid("aesgcm", "missing for an aesgcm delivery")),
+        (ContentEncoding::Aes128gcm, _) => None,
+    };
+    Ok(EncryptedPush { body: delivery.body.clone(), encoding, aesgcm })
+}
+
+/// Adds up a delivery batch's reports: counts, the ids to prune, rejections by reason.
+pub fn tally(reports: &[Report<SubscriptionId>]) -> (OutcomeCounts, Vec<SubscriptionId>, Vec<Rejection>) {
+    let mut counts = OutcomeCounts::default();
+    let mut gone = Vec::new();
+    let mut rejections: Vec<Rejection> = Vec::new();
+    for report in reports {
+        match &report.outcome {
+            FinalOutcome::Accepted => counts.delivered += 1,
+            FinalOutcome::Gone => {
+                counts.gone += 1;
+                gone.push(report.tag);
+            }
+            FinalOutcome::Rejected { status, reason } => {
+                counts.rejected += 1;
+                add_rejection(&mut rejections, u32::from(*status), reason, 1);
+            }
+            FinalOutcome::FailedAfterRetries { throttled: true, .. } => counts.rate_limited += 1,
+            FinalOutcome::FailedAfterRetries { .. } => counts.failed += 1,
+            FinalOutcome::Expired => counts.expired += 1,
+        }
+    }
+    (counts, gone, rejections)
+}
+
+/// Counts `count` more rejections with this status and reason.
+pub fn add_rejection(rejections: &mut Vec<Rejection>, status: u32, reason: &str, count: u64) {
+    match rejections.iter_mut().find(|r| r.http_status == status && r.reason == reason) {
+        Some(existing) => existing.count += count,
+        None => rejections.push(Rejection { http_status: status, reason: reason.to_owned(), count }),
+    }
+}
+
+/// What a delivery batch's results add to its broadcast's progress.
+pub fn progress(counts: &OutcomeCounts, rejections: &[Rejection]) -> ProgressDelta {
+    ProgressDelta {
+        counts: BroadcastCounts {
+            accepted: counts.delivered,
+            gone: counts.gone,
+            pruned: counts.pruned,
+            rejected: counts.rejected,
+            failed: counts.failed + counts.rate_limited,
+            expired: counts.expired,
+            ..BroadcastCounts::default()
+        },
+        rejections: rejections
+            .iter()
+            .map(|r| {
+                let status = u16::try_from(r.http_status).unwrap_or(u16::MAX);
+                (RejectionReason { status, reason: r.reason.clone() }, r.count)
+            })
+            .collect(),
+    }
+}
+
+/// A delivery batch with nothing deliverable in it: every subscription is reported with
+/// `status`/`reason` (an unknown VAPID key, say) so the broadcast's counts still close.
+pub fn refuse_batch(batch: &DeliveryBatch, reason: &str) -> (OutcomeCounts, Vec<Rejection>) {
+    let count = batch.deliveries.len() as u64;
+    let counts = OutcomeCounts { rejected: count, ..OutcomeCounts::default() };
+    (counts, vec![Rejection { http_status: 0, reason: reason.to_owned(), count }])
+}
+
+/// The step key under which a delivery batch's results count once.
+pub fn result_step(shard: u32, batch_seq: u32) -> String {
+    format!("result/{shard}/{batch_seq}")
+}
+
+/// The step key under which an encrypted page counts once.
+pub fn page_step(shard: u32, page: u32) -> String {
+    format!("page/{shard}/{page}")
+}
+
+/// The step key under which a finished shard counts once.
+pub fn shard_done_step(shard: u32) -> String {
+    format!("shard-done/{shard}")
+}
+
+/// A batch's sequence number: pages are numbered per shard, and a page splits into one batch
+/// per VAPID key among its subscriptions (at most [`MAX_KEYS_PER_PAGE`]).
+pub fn batch_seq(page: u32, key_group: usize) -> u32 {
+    page * MAX_KEYS_PER_PAGE as u32 + key_group as u32
+}
+
+/// Distinct VAPID keys one page may mix; more would need a new numbering, so the worker splits
+/// a page's encryption into one batch per key and refuses a page with more keys than this.
+pub const MAX_KEYS_PER_PAGE: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pushfan_bus::messages::{Everyone, SubscriptionIds};
+
+    fn request(target: target::Kind) -> PublishRequest {
+        PublishRequest {
+            broadcast_id: "b1".into(),
+            tenant: "acme".into(),
+            target: Some(bus::Target { kind: Some(target) }),
+            payload: bytes::Bytes::from_static(b"hello"),
+            options: Some(bus::PushOptions {
+                ttl_seconds: 60,
+                urgency: bus::Urgency::High as i32,
+                topic: "t".into(),
+            }),
+            vapid_key_id: "1".into(),
+            idempotency_key: String::new(),
+            created_at_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn a_topic_or_everyone_gets_a_job_per_shard() {
+        let shards = ShardCount::new(4).unwrap();
+        let jobs = shard_jobs(&request(target::Kind::Everyone(Everyone {})), shards).unwrap();
+        assert_eq!(jobs.iter().map(|j| j.shard_index).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert!(jobs
+            .iter()
+            .all(|j| j.shard_count == 4 && j.expires_at_ms == 61_000 && j.payload == b"hello"[..]));
+        assert_eq!(job_target(&jobs[0]).unwrap(), JobTarget::Audience(Audience::Everyone));
+        let jobs = shard_jobs(&request(target::Kind::Topic("news".into())), shards).unwrap();
+        assert_eq!(
+            job_target(&jobs[3]).unwrap(),
+            JobTarget::Audience(Audience::Topic(Topic::new("news").unwrap()))
+        );
+    }
+
+    #[test]
+    fn a_list_gets_a_job_per_shard_it_touches() {
+        let shards = ShardCount::new(64).unwrap();
+        let ids: Vec<SubscriptionId> = (0..3u8).map(|n| SubscriptionId::from_bytes([n; 14])).collect();
+        let list = SubscriptionIds { ids: ids.iter().map(|id| id.to_string()).collect() };
+        let jobs = shard_jobs(&request(target::Kind::Subscriptions(list)), shards).unwrap();
+        let mut found: Vec<SubscriptionId> = Vec::new();
+        for job in &jobs {
+            let JobTarget::Subscriptions(in_job) = job_target(job).unwrap() else { panic!("not a list") };
+            assert!(in_job.iter().all(|id| u32::from(shards.shard_of(id).0) == job.shard_index));
+            found.extend(in_job);
+        }
+        found.sort();
+        assert_eq!(found, ids);
+        let bad = SubscriptionIds { ids: vec!["zz".into()] };
+        assert!(matches!(
+            shard_jobs(&request(target::Kind::Subscriptions(bad)), shards),
+            Err(PlanError::Invalid { field: "target.subscriptions", .. })
+        ));
+    }
+
+    #[test]
+    fn options_map_to_rfc8030() {
+        let options = push_options(request(target::Kind::Everyone(Everyone {})).options.as_ref()).unwrap();
+        assert_eq!(options.ttl, 60);
+        assert_eq!(options.urgency, Urgency::High);
+        assert_eq!(options.topic.unwrap().as_str(), "t");
+        let bad = bus::PushOptions { ttl_seconds: 1, urgency: 0, topic: "no/slashes".into() };
+        assert!(push_options(Some(&bad)).is_err());
+    }
+
+    #[test]
+    fn reports_add_up_and_rejections_group_by_reason() {
+        let id = |n| SubscriptionId::from_bytes([n; 14]);
+        let report = |n, outcome| Report { tag: id(n), outcome, attempts: 1 };
+        let rejected = || FinalOutcome::Rejected { status: 403, reason: "BadJwtToken".into() };
+        let reports = vec![
+            report(1, FinalOutcome::Accepted),
+            report(2, FinalOutcome::Gone),
+            report(3, rejected()),
+            report(4, rejected()),
+            report(
+                5,
+                FinalOutcome::FailedAfterRetries { attempts: 6, last: "HTTP 429".into(), throttled: true },
+            ),
+            report(
+                6,
+                FinalOutcome::FailedAfterRetries { attempts: 6, last: "reset".into(), throttled: false },
+            ),
+            report(7, FinalOutcome::Expired),
+        ];
+        let (counts, gone, rejections) = tally(&reports);
+        assert_eq!(
+            (
+                counts.delivered,
+                counts.gone,
+                counts.rejected,
+                counts.rate_limited,
+                counts.failed,
+                counts.expired
+            ),
+            (1, 1, 2, 1, 1, 1)
+        );
+        assert_eq!(gone, vec![id(2)]);
+        assert_eq!(rejections, vec![Rejection { http_status: 403, reason: "BadJwtToken".into(), count: 2 }]);
+        let delta = progress(&OutcomeCounts { pruned: 1, ..counts }, &rejections);
+        assert_eq!(delta.counts.failed, 2);
+        assert_eq!(delta.counts.pruned, 1);
+        assert_eq!(delta.counts.finished(), 7);
+    }
+
+    #[test]
+    fn encrypted_pushes_survive_the_bus() {
+        let push = EncryptedPush {
+            body: vec![1, 2, 3].into(),
+            encoding: ContentEncoding::Aesgcm,
+            aesgcm: Some(AesgcmParams { salt: [7; 16], dh: [4; 65] }),
+        };
+        let mut on_bus =
+            delivery(SubscriptionId::from_bytes([9; 14]), "https://push.example/x", push.clone());
+        assert_eq!(encrypted_push(&on_bus).unwrap(), push);
+        on_bus.aesgcm = None;
+        assert!(encrypted_push(&on_bus).is_err());
+    }
+}

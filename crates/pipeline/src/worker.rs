@@ -1,0 +1,229 @@
+//! The worker role: the planner turns publish requests into shard jobs, the encryptor turns a
+//! shard job into delivery batches, page by page.
+//!
+//! A shard job survives its worker's death: after each page is handed on, the encryptor saves
+//! the scan cursor in the ledger, and a redelivered job resumes from there. At most the page in
+//! flight is encrypted and sent twice; its counts still add once (ledger steps).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures::future::try_join_all;
+use pushfan_bus::messages::{DeliveryBatch, PublishRequest, ShardJob};
+use pushfan_bus::{Bus, MessageContext};
+use pushfan_store::ledger::{BroadcastCounts, ProgressDelta, ShardCheckpoint};
+use pushfan_store::{ContentEncodings, ScanCursor, ShardId, Subscription, UnixSeconds, VapidKeyId};
+use pushfan_webpush::batch::{encrypt_batch, Recipient};
+use pushfan_webpush::{ContentEncoding, EncryptError, EncryptedPush, SubscriptionKeys};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, Instrument};
+
+use crate::plan::{self, JobTarget, PlanError};
+use crate::{consume, groups, HandleError, Pipeline, PipelineError};
+
+/// Expands publish requests into shard jobs until `shutdown`.
+pub async fn run_planner<B: Bus>(
+    pipeline: Pipeline<B>,
+    shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
+    let bus = pipeline.bus.clone();
+    consume::<B, PublishRequest, _, _>(&bus, groups::PLANNER, 4, &shutdown, move |request, context| {
+        let pipeline = pipeline.clone();
+        async move { plan_broadcast(&pipeline, &request, &context).await }
+    })
+    .await
+}
+
+async fn plan_broadcast<B: Bus>(
+    pipeline: &Pipeline<B>,
+    request: &PublishRequest,
+    context: &MessageContext,
+) -> Result<(), HandleError> {
+    let (tenant, broadcast) = plan::identity(&request.tenant, &request.broadcast_id)?;
+    let jobs = plan::shard_jobs(request, pipeline.store.shard_count())?;
+    let span = tracing::info_span!("plan", %broadcast, shards = jobs.len());
+    async {
+        let created = UnixSeconds::from_system_time(plan::system_time(request.created_at_ms));
+        pipeline.ledger.create_broadcast(&tenant, &broadcast, jobs.len() as u64, created).await?;
+        try_join_all(jobs.iter().map(|job| pipeline.bus.publish(job, context))).await?;
+        metrics::counter!("pushfan_worker_shard_jobs_total").increment(jobs.len() as u64);
+        info!("broadcast planned");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// Encrypts shard jobs into delivery batches until `shutdown`.
+pub async fn run_encryptor<B: Bus>(
+    pipeline: Pipeline<B>,
+    shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
+    let bus = pipeline.bus.clone();
+    let concurrency = pipeline.config.concurrent_shard_jobs;
+    consume::<B, ShardJob, _, _>(&bus, groups::ENCRYPTOR, concurrency, &shutdown, move |job, context| {
+        let pipeline = pipeline.clone();
+        async move {
+            let span =
+                tracing::info_span!("encrypt_shard", broadcast = %job.broadcast_id, shard = job.shard_index);
+            encrypt_shard(&pipeline, job, &context).instrument(span).await
+        }
+    })
+    .await
+}
+
+async fn encrypt_shard<B: Bus>(
+    pipeline: &Pipeline<B>,
+    job: Arc<ShardJob>,
+    context: &MessageContext,
+) -> Result<(), HandleError> {
+    let (tenant, broadcast) = plan::identity(&job.tenant, &job.broadcast_id)?;
+    let shards = pipeline.store.shard_count();
+    if job.shard_count != u32::from(shards.get()) {
+        return Err(PlanError::Invalid {
+            field: "shard_count",
+            reason: format!("job was planned for {} shards, the store has {}", job.shard_count, shards.get()),
+        }
+        .into());
+    }
+    let shard = ShardId(job.shard_index as u16);
+    let page_size = pipeline.config.page_size;
+    let pages = Pages { pipeline, job: &job, payload: job.payload.clone(), context };
+    let checkpoint = pipeline.ledger.load_checkpoint(&tenant, &broadcast, shard).await?;
+    let (mut cursor, mut page) = checkpoint.map_or((ScanCursor::START, 0), |c| (c.cursor, c.next_page));
+    match plan::job_target(&job)? {
+        JobTarget::Subscriptions(ids) if page == 0 => {
+            let found = try_join_all(ids.iter().map(|id| pipeline.store.get(&tenant, *id))).await?;
+            pages.hand_on(page, found.into_iter().flatten().collect()).await?;
+        }
+        JobTarget::Subscriptions(_) => {}
+        JobTarget::Audience(audience) => loop {
+            let scanned = pipeline.store.scan_shard(&tenant, &audience, shard, cursor, page_size).await?;
+            pages.hand_on(page, scanned.subscriptions).await?;
+            let Some(next) = scanned.next else { break };
+            cursor = next;
+            page += 1;
+            let checkpoint = ShardCheckpoint { cursor, next_page: page };
+            pipeline.ledger.save_checkpoint(&tenant, &broadcast, shard, checkpoint).await?;
+        },
+    }
+    let done = ProgressDelta {
+        counts: BroadcastCounts { shards_done: 1, ..Default::default() },
+        ..Default::default()
+    };
+    pipeline.ledger.add_progress(&tenant, &broadcast, &plan::shard_done_step(job.shard_index), &done).await?;
+    Ok(())
+}
+
+/// Encrypts pages of one shard job and hands them on.
+struct Pages<'a, B: Bus> {
+    pipeline: &'a Pipeline<B>,
+    job: &'a ShardJob,
+    payload: Bytes,
+    context: &'a MessageContext,
+}
+
+impl<B: Bus> Pages<'_, B> {
+    /// Encrypts page `page` on the rayon pool, sends one delivery batch per VAPID key, then
+    /// records the page's counts.
+    async fn hand_on(&self, page: u32, subscriptions: Vec<Subscription>) -> Result<(), HandleError> {
+        if subscriptions.is_empty() {
+            return Ok(());
+        }
+        let job = self.job;
+        let (tenant, broadcast) = plan::identity(&job.tenant, &job.broadcast_id)?;
+        let targeted = subscriptions.len() as u64;
+        let mut counts = BroadcastCounts { targeted, ..Default::default() };
+        if SystemTime::now() >= plan::system_time(job.expires_at_ms) {
+            // Sending now would only be refused or dropped by the push service.
+            counts.expired = targeted;
+        } else {
+            let (subscriptions, results) = self.encrypt(subscriptions).await;
+            let mut by_key: BTreeMap<VapidKeyId, Vec<_>> = BTreeMap::new();
+            for (subscription, result) in subscriptions.into_iter().zip(results) {
+                match result {
+                    Ok(push) => by_key.entry(subscription.vapid_key).or_default().push(plan::delivery(
+                        subscription.id,
+                        subscription.endpoint.as_str(),
+                        push,
+                    )),
+                    Err(_) => counts.encrypt_failed += 1,
+                }
+            }
+            if by_key.len() > plan::MAX_KEYS_PER_PAGE {
+                return Err(PlanError::Invalid {
+                    field: "vapid_key",
+                    reason: format!(
+                        "one page mixes {} VAPID keys; at most {}",
+                        by_key.len(),
+                        plan::MAX_KEYS_PER_PAGE
+                    ),
+                }
+                .into());
+            }
+            counts.encrypted = targeted - counts.encrypt_failed;
+            let batches: Vec<DeliveryBatch> = by_key
+                .into_iter()
+                .enumerate()
+                .map(|(group, (key, deliveries))| DeliveryBatch {
+                    broadcast_id: job.broadcast_id.clone(),
+                    tenant: job.tenant.clone(),
+                    options: job.options.clone(),
+                    vapid_key_id: key.0.to_string(),
+                    expires_at_ms: job.expires_at_ms,
+                    deliveries,
+                    shard_index: job.shard_index,
+                    batch_seq: plan::batch_seq(page, group),
+                })
+                .collect();
+            try_join_all(batches.iter().map(|batch| self.pipeline.bus.publish(batch, self.context))).await?;
+        }
+        metrics::counter!("pushfan_worker_encrypted_total").increment(counts.encrypted);
+        metrics::counter!("pushfan_worker_encrypt_failed_total").increment(counts.encrypt_failed);
+        let delta = ProgressDelta { counts, ..Default::default() };
+        self.pipeline
+            .ledger
+            .add_progress(&tenant, &broadcast, &plan::page_step(job.shard_index, page), &delta)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs the batch encryption on rayon's pool so the async threads never block on crypto.
+    async fn encrypt(
+        &self,
+        subscriptions: Vec<Subscription>,
+    ) -> (Vec<Subscription>, Vec<Result<EncryptedPush, EncryptError>>) {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let payload = self.payload.clone();
+        let config = self.pipeline.config.clone();
+        rayon::spawn(move || {
+            let recipients: Vec<Stored<'_>> = subscriptions.iter().map(Stored).collect();
+            let results = encrypt_batch(config.backend, &recipients, &payload, &config.padding);
+            drop(recipients);
+            // The receiver only goes away if the shard job was abandoned; nothing to report to.
+            let _ = done.send((subscriptions, results));
+        });
+        result.await.expect("the encryption task does not panic")
+    }
+}
+
+/// A stored subscription as the crypto core sees it.
+struct Stored<'a>(&'a Subscription);
+
+impl Recipient for Stored<'_> {
+    fn keys(&self) -> &SubscriptionKeys {
+        &self.0.keys
+    }
+
+    fn encoding(&self) -> ContentEncoding {
+        if self.0.encodings.contains(ContentEncodings::AES128GCM)
+            || self.0.encodings == ContentEncodings::NONE
+        {
+            ContentEncoding::Aes128gcm
+        } else {
+            ContentEncoding::Aesgcm
+        }
+    }
+}
