@@ -13,6 +13,9 @@
 //! fjall is synchronous, so every call runs on tokio's blocking pool. Writers are serialized by
 //! a mutex (this process is the only writer), which makes read-modify-write calls (`tag`,
 //! `record_outcomes`) atomic without transactions; scans do not take it.
+//!
+//! The broadcast ledger ([`crate::ledger::BroadcastLedger`]) lives in the `ledger` partition and
+//! the `ledger` submodule, with a mutex of its own; broadcasts there do not expire.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -31,6 +34,8 @@ use crate::shard::{ShardCount, ShardId};
 use crate::telemetry::{self, count, observe};
 use crate::{keys, last_per_id, record, retopic, SubscriptionStore};
 
+mod ledger;
+
 const BACKEND: &str = "embedded";
 const SHARDS_KEY: &str = "shards";
 
@@ -44,9 +49,12 @@ struct Inner {
     keyspace: Keyspace,
     subscriptions: PartitionHandle,
     members: PartitionHandle,
+    ledger: PartitionHandle,
     shards: ShardCount,
     /// Held by every write call, so read-modify-writes see no concurrent change.
     write_lock: Mutex<()>,
+    /// The same for the ledger's writes, which never touch the subscription keys.
+    ledger_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -63,6 +71,7 @@ impl EmbeddedStore {
         let meta = keyspace.open_partition("meta", PartitionCreateOptions::default())?;
         let subscriptions = keyspace.open_partition("subs", PartitionCreateOptions::default())?;
         let members = keyspace.open_partition("members", PartitionCreateOptions::default())?;
+        let ledger = keyspace.open_partition("ledger", PartitionCreateOptions::default())?;
         match meta.get(SHARDS_KEY)? {
             Some(stored) => {
                 let stored = <[u8; 2]>::try_from(&*stored).map(u16::from_be_bytes).unwrap_or(0);
@@ -76,7 +85,15 @@ impl EmbeddedStore {
                 batch.commit()?;
             }
         }
-        let inner = Inner { keyspace, subscriptions, members, shards, write_lock: Mutex::new(()) };
+        let inner = Inner {
+            keyspace,
+            subscriptions,
+            members,
+            ledger,
+            shards,
+            write_lock: Mutex::new(()),
+            ledger_lock: Mutex::new(()),
+        };
         Ok(Self { inner: Arc::new(inner) })
     }
 

@@ -23,6 +23,8 @@ pub enum StoreError {
     InvalidCursor,
     #[error("stored record of subscription {id} cannot be read: {source}")]
     CorruptRecord { id: SubscriptionId, source: RecordError },
+    #[error("stored {what} of the broadcast ledger cannot be read")]
+    CorruptLedger { what: &'static str },
     #[error("subscription {id} kept changing during a read-modify-write; gave up after {attempts} attempts")]
     Contended { id: SubscriptionId, attempts: u32 },
     #[error("redis is unavailable: {0}")]
@@ -59,7 +61,7 @@ impl StoreError {
             Self::InvalidName { .. } | Self::TooManyTopics { .. } | Self::ZeroShards => "invalid_input",
             Self::ShardOutOfRange { .. } | Self::InvalidCursor | Self::InvalidId(_) => "invalid_input",
             Self::ShardCountMismatch { .. } => "shard_count_mismatch",
-            Self::CorruptRecord { .. } => "corrupt_record",
+            Self::CorruptRecord { .. } | Self::CorruptLedger { .. } => "corrupt_record",
             Self::Contended { .. } => "contended",
             Self::RedisUnavailable(_) => "unavailable",
             Self::Redis(_) | Self::UnexpectedReply(_) => "redis",

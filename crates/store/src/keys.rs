@@ -16,20 +16,47 @@
 //! of its own: it is the `subs` hash itself. Tenant names cannot contain `{`, `}` or `|`, so no
 //! tenant can name another tenant's keys.
 //!
+//! The broadcast ledger ([`crate::ledger`]), where `B` is the broadcast id:
+//!
+//! | key                               | type   | holds                                                |
+//! |-----------------------------------|--------|------------------------------------------------------|
+//! | `pf:{<tenant>}:idem:<key>`        | string | the broadcast id holding an idempotency key; expires after the claim's TTL |
+//! | `pf:{<tenant>\|b:B}:meta`         | hash   | `shards_total`, `created_at` (Unix seconds)           |
+//! | `pf:{<tenant>\|b:B}:counts`       | hash   | counter (a [`crate::ledger::BroadcastCounts`] field name) → count |
+//! | `pf:{<tenant>\|b:B}:rej`          | hash   | `<status>\|<reason>` → count                          |
+//! | `pf:{<tenant>\|b:B}:steps`        | set    | the progress steps already applied                    |
+//! | `pf:{<tenant>\|b:B}:ckpt`         | hash   | shard number → checkpoint (`next_page` as a big-endian `u32`, then the cursor bytes) |
+//!
+//! A broadcast's five keys share one hash tag, so every ledger script runs on one node; broadcasts
+//! spread over the cluster. Every write refreshes the expiry of all five to
+//! [`crate::ledger::BROADCAST_RETENTION`], so they expire together. Broadcast ids cannot contain
+//! `}` and the `b:` prefix cannot start a shard number, so ledger tags never meet shard tags.
+//!
 //! ## Embedded
 //!
-//! Two ordered keyspaces (fjall partitions) with binary keys, where `T` is the tenant as one
-//! length byte plus its bytes and `S` the shard as a big-endian `u16`:
+//! Ordered keyspaces (fjall partitions) with binary keys, where `T` is the tenant as one
+//! length byte plus its bytes, `S` the shard as a big-endian `u16` and `B` the broadcast id as
+//! one length byte plus its bytes:
 //!
 //! | partition | key                              | value  |
 //! |-----------|----------------------------------|--------|
 //! | `meta`    | `shards`                         | S as a big-endian `u16` |
 //! | `subs`    | `T S id`                         | binary record |
 //! | `members` | `T S len(topic) topic id`        | empty |
+//! | `ledger`  | `T 'i' key`                      | expiry (Unix ms, big-endian `u64`), then the broadcast id |
+//! | `ledger`  | `T 'b' B 'm'`                    | `shards_total` (`u64`), `created_at` (`u32`), big-endian |
+//! | `ledger`  | `T 'b' B 'c' name`               | one counter, big-endian `u64` |
+//! | `ledger`  | `T 'b' B 'r' status reason`      | one rejection count, big-endian `u64` (status a `u16`) |
+//! | `ledger`  | `T 'b' B 's' step`               | empty: the step is applied |
+//! | `ledger`  | `T 'b' B 'k' S`                  | the shard's checkpoint, as in Redis |
+//!
+//! So a broadcast's counters (or rejections) are one short contiguous range, apart from its
+//! thousands of steps.
 //!
 //! Keys sort by tenant, then shard, then id, so one shard (or one topic of one shard) is one
 //! contiguous range, scanned in id order: the cursor is the last id returned.
 
+use crate::ledger::BroadcastId;
 use crate::model::{SubscriptionId, TenantId, Topic};
 use crate::shard::ShardId;
 
@@ -48,14 +75,96 @@ pub(crate) fn topic_members(tenant: &TenantId, shard: ShardId, topic: &Topic) ->
     format!("pf:{{{tenant}|{shard}}}:t:{topic}")
 }
 
-/// The embedded `subs` key prefix of one shard; append an id for a record's key.
-pub(crate) fn embedded_shard(tenant: &TenantId, shard: ShardId) -> Vec<u8> {
+/// The Redis key holding an idempotency key's claim.
+pub(crate) fn idempotency(tenant: &TenantId, key: &str) -> String {
+    format!("pf:{{{tenant}}}:idem:{key}")
+}
+
+/// The Redis keys of one broadcast's ledger, all under one hash tag.
+#[derive(Debug)]
+pub(crate) struct BroadcastKeys {
+    pub(crate) meta: String,
+    pub(crate) counts: String,
+    pub(crate) rejections: String,
+    pub(crate) steps: String,
+    pub(crate) checkpoints: String,
+}
+
+impl BroadcastKeys {
+    pub(crate) fn new(tenant: &TenantId, broadcast: &BroadcastId) -> Self {
+        let key = |kind: &str| format!("pf:{{{tenant}|b:{broadcast}}}:{kind}");
+        Self {
+            meta: key("meta"),
+            counts: key("counts"),
+            rejections: key("rej"),
+            steps: key("steps"),
+            checkpoints: key("ckpt"),
+        }
+    }
+
+    /// All five, in the order the ledger scripts take them as `KEYS`.
+    pub(crate) fn all(&self) -> [&str; 5] {
+        [&self.meta, &self.counts, &self.rejections, &self.steps, &self.checkpoints]
+    }
+}
+
+/// The rejection hash field of a status and reason. The status is digits, so the first `|`
+/// separates them whatever the reason holds.
+pub(crate) fn rejection_field(status: u16, reason: &str) -> String {
+    format!("{status}|{reason}")
+}
+
+/// Reads what [`rejection_field`] wrote.
+pub(crate) fn parse_rejection_field(field: &str) -> Option<(u16, &str)> {
+    let (status, reason) = field.split_once('|')?;
+    Some((status.parse().ok()?, reason))
+}
+
+/// `T`: the tenant as one length byte plus its bytes, with room for `extra` more bytes.
+fn embedded_tenant(tenant: &TenantId, extra: usize) -> Vec<u8> {
     let tenant = tenant.as_str().as_bytes();
-    let mut key = Vec::with_capacity(1 + tenant.len() + 2 + SubscriptionId::LEN);
+    let mut key = Vec::with_capacity(1 + tenant.len() + extra);
     // Tenant names are at most 64 bytes, so the length fits a byte.
     key.push(tenant.len() as u8);
     key.extend_from_slice(tenant);
+    key
+}
+
+/// The embedded `subs` key prefix of one shard; append an id for a record's key.
+pub(crate) fn embedded_shard(tenant: &TenantId, shard: ShardId) -> Vec<u8> {
+    let mut key = embedded_tenant(tenant, 2 + SubscriptionId::LEN);
     key.extend_from_slice(&shard.0.to_be_bytes());
+    key
+}
+
+/// What an embedded ledger key of one broadcast holds: the byte after `T 'b' B`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum LedgerEntry {
+    Meta = b'm' as isize,
+    Count = b'c' as isize,
+    Rejection = b'r' as isize,
+    Step = b's' as isize,
+    Checkpoint = b'k' as isize,
+}
+
+/// The embedded `ledger` key of an idempotency key's claim.
+pub(crate) fn embedded_idempotency(tenant: &TenantId, key: &str) -> Vec<u8> {
+    let mut stored = embedded_tenant(tenant, 1 + key.len());
+    stored.push(b'i');
+    stored.extend_from_slice(key.as_bytes());
+    stored
+}
+
+/// The embedded `ledger` key prefix of one kind of entry of one broadcast: `T 'b' B kind`;
+/// append the entry's name (none for the meta entry).
+pub(crate) fn embedded_broadcast(tenant: &TenantId, broadcast: &BroadcastId, entry: LedgerEntry) -> Vec<u8> {
+    let broadcast = broadcast.as_str().as_bytes();
+    let mut key = embedded_tenant(tenant, 3 + broadcast.len() + 16);
+    key.push(b'b');
+    // Broadcast ids are at most 64 bytes, so the length fits a byte.
+    key.push(broadcast.len() as u8);
+    key.extend_from_slice(broadcast);
+    key.push(entry as u8);
     key
 }
 
@@ -117,6 +226,33 @@ mod tests {
         let a = TenantId::new("a").unwrap();
         let b = TenantId::new("a1").unwrap();
         assert_ne!(subscriptions(&a, ShardId(12)), subscriptions(&b, ShardId(2)));
+    }
+
+    #[test]
+    fn the_ledger_schema_is_as_documented() {
+        let tenant = TenantId::new("acme").unwrap();
+        let broadcast = BroadcastId::new("b-1").unwrap();
+        let keys = BroadcastKeys::new(&tenant, &broadcast);
+        assert_eq!(
+            keys.all(),
+            [
+                "pf:{acme|b:b-1}:meta",
+                "pf:{acme|b:b-1}:counts",
+                "pf:{acme|b:b-1}:rej",
+                "pf:{acme|b:b-1}:steps",
+                "pf:{acme|b:b-1}:ckpt"
+            ]
+        );
+        assert!(keys.all().iter().all(|key| hash_tag(key) == "acme|b:b-1"));
+        assert_eq!(idempotency(&tenant, "order-7"), "pf:{acme}:idem:order-7");
+        assert_eq!(rejection_field(400, "a|b"), "400|a|b");
+        assert_eq!(parse_rejection_field("400|a|b"), Some((400, "a|b")));
+        assert_eq!(parse_rejection_field("x|a"), None);
+        assert_eq!(
+            embedded_broadcast(&tenant, &broadcast, LedgerEntry::Count),
+            b"\x04acmeb\x03b-1c".to_vec()
+        );
+        assert_eq!(embedded_idempotency(&tenant, "k"), b"\x04acmeik".to_vec());
     }
 
     #[test]

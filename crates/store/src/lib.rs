@@ -21,6 +21,7 @@ use async_trait::async_trait;
 mod embedded;
 mod error;
 pub mod keys;
+pub mod ledger;
 pub mod model;
 pub mod record;
 mod redis;

@@ -15,6 +15,8 @@
 //! - `scan_shard`: everyone is `HSCAN` of the shard's hash (records come with it, one round
 //!   trip); a topic is `SSCAN` of its member set then `HMGET` of the records (two).
 //!
+//! The broadcast ledger ([`crate::ledger::BroadcastLedger`]) is in the `ledger` submodule.
+//!
 //! The record is the source of truth for topics: a scan drops (and cleans up) a member whose
 //! record is gone or no longer lists the topic, so a race between writers never sends a message
 //! to a subscription outside the audience.
@@ -38,6 +40,8 @@ use crate::model::{
 use crate::shard::{ShardCount, ShardId};
 use crate::telemetry::{self, count, observe};
 use crate::{keys, last_per_id, record, retopic, SubscriptionStore};
+
+mod ledger;
 
 const BACKEND: &str = "redis";
 
@@ -169,6 +173,7 @@ pub struct RedisStore {
     max_in_flight: usize,
     outcome_script: Script,
     retag_script: Script,
+    ledger_scripts: ledger::Scripts,
     /// Tenants whose recorded shard count this process has already checked.
     checked_tenants: Mutex<HashSet<TenantId>>,
 }
@@ -214,6 +219,7 @@ impl RedisStore {
             max_in_flight: config.max_in_flight.max(1),
             outcome_script: Script::new(OUTCOME_SCRIPT),
             retag_script: Script::new(RETAG_SCRIPT),
+            ledger_scripts: ledger::Scripts::new(),
             checked_tenants: Mutex::new(HashSet::new()),
         })
     }

@@ -6,6 +6,8 @@
 //! - `pushfan_store_removed_total`: subscriptions deleted by `remove`
 //! - `pushfan_store_retagged_total`: subscriptions whose topics `tag`/`untag` changed
 //! - `pushfan_store_outcomes_total`: delivery outcomes recorded
+//! - `pushfan_store_progress_steps_total`: ledger progress steps, labelled `applied` = `true`, or
+//!   `false` for a repeat the ledger ignored (redelivered work)
 //! - `pushfan_store_errors_total`: failed calls, labelled `op` and `kind` ([`StoreError::kind`])
 
 use crate::error::StoreError;
@@ -15,11 +17,18 @@ pub(crate) const SCANNED: &str = "pushfan_store_scanned_total";
 pub(crate) const REMOVED: &str = "pushfan_store_removed_total";
 pub(crate) const RETAGGED: &str = "pushfan_store_retagged_total";
 pub(crate) const OUTCOMES: &str = "pushfan_store_outcomes_total";
+const PROGRESS_STEPS: &str = "pushfan_store_progress_steps_total";
 const ERRORS: &str = "pushfan_store_errors_total";
 
 /// Adds `n` to counter `name` of `backend`.
 pub(crate) fn count(name: &'static str, backend: &'static str, n: usize) {
     metrics::counter!(name, "backend" => backend).increment(n as u64);
+}
+
+/// Counts one progress step of `backend`, applied or ignored as a repeat.
+pub(crate) fn progress_step(backend: &'static str, applied: bool) {
+    let applied = if applied { "true" } else { "false" };
+    metrics::counter!(PROGRESS_STEPS, "backend" => backend, "applied" => applied).increment(1);
 }
 
 /// Counts `result` if it is an error, and passes it on.

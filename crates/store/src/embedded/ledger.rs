@@ -1,0 +1,302 @@
+//! [`BroadcastLedger`] on the embedded store: the `ledger` partition, key layout in
+//! [`crate::keys`].
+//!
+//! Every ledger write reads what it builds on (the step marker, the stored counters, the stored
+//! checkpoint) and commits one fsynced batch, all while holding the ledger mutex. That makes each
+//! write atomic on disk (the batch) and free of check-then-act races (the mutex: this process is
+//! the only writer). The ledger has its own mutex rather than the subscription writers' one, so a
+//! large import never stalls progress bookkeeping; the two never touch the same keys. Ledger
+//! writes come per page, not per subscription, so serialising them costs little.
+//!
+//! Expiry: idempotency claims honour their TTL (an expired claim is overwritten by the next one).
+//! Broadcasts are not expired: their entries (a few hundred kilobytes for a 1M-subscriber
+//! broadcast, mostly step markers) stay until the directory is deleted, and `created_at` stays
+//! with them, so an operator can tell old broadcasts apart.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tracing::instrument;
+
+use super::{EmbeddedStore, Inner, BACKEND};
+use crate::error::StoreError;
+use crate::keys::{self, LedgerEntry};
+use crate::ledger::{
+    self, BroadcastCounts, BroadcastId, BroadcastLedger, BroadcastStatus, ProgressDelta, RejectionReason,
+    ShardCheckpoint,
+};
+use crate::model::{TenantId, UnixSeconds};
+use crate::shard::ShardId;
+use crate::telemetry::{self, observe};
+
+/// Milliseconds since the Unix epoch (0 for a clock set before 1970).
+fn now_millis() -> u64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A stored big-endian `u64` counter.
+fn read_u64(bytes: &[u8], what: &'static str) -> Result<u64, StoreError> {
+    <[u8; 8]>::try_from(bytes).map(u64::from_be_bytes).map_err(|_| StoreError::CorruptLedger { what })
+}
+
+impl Inner {
+    fn ledger_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded data is `()`: a panicking writer leaves nothing half-updated in memory,
+        // and its batch either committed whole or not at all.
+        self.ledger_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn claim(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        broadcast: &BroadcastId,
+        ttl: Duration,
+    ) -> Result<Option<BroadcastId>, StoreError> {
+        let stored_key = keys::embedded_idempotency(tenant, key);
+        let _writer = self.ledger_lock();
+        let now = now_millis();
+        if let Some(stored) = self.ledger.get(&stored_key)? {
+            let corrupt = || StoreError::CorruptLedger { what: "idempotency claim" };
+            let (expires, holder) = stored.split_first_chunk::<8>().ok_or_else(corrupt)?;
+            if u64::from_be_bytes(*expires) > now {
+                let holder = std::str::from_utf8(holder).map_err(|_| corrupt())?;
+                return BroadcastId::new(holder).map(Some).map_err(|_| corrupt());
+            }
+        }
+        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let value = [&now.saturating_add(ttl).to_be_bytes()[..], broadcast.as_str().as_bytes()].concat();
+        let mut batch = self.write_batch();
+        batch.insert(&self.ledger, stored_key, value);
+        batch.commit()?;
+        Ok(None)
+    }
+
+    fn create_broadcast(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        shards_total: u64,
+        at: UnixSeconds,
+    ) -> Result<(), StoreError> {
+        let key = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Meta);
+        let _writer = self.ledger_lock();
+        if self.ledger.contains_key(&key)? {
+            return Ok(());
+        }
+        let mut batch = self.write_batch();
+        batch.insert(&self.ledger, key, [&shards_total.to_be_bytes()[..], &at.0.to_be_bytes()].concat());
+        batch.commit()?;
+        Ok(())
+    }
+
+    fn add_progress(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        step: &str,
+        delta: &ProgressDelta,
+    ) -> Result<bool, StoreError> {
+        let step_key =
+            [keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Step), step.as_bytes().to_vec()]
+                .concat();
+        let counter_prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Count);
+        let rejection_prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Rejection);
+        let _writer = self.ledger_lock();
+        if self.ledger.contains_key(&step_key)? {
+            return Ok(false);
+        }
+        let mut batch = self.write_batch();
+        // Each stored entry is read and written once: counter names are unique and the
+        // rejections are merged per reason, so no addition builds on a value this batch replaces.
+        let mut add = |key: Vec<u8>, n: u64, what: &'static str| -> Result<(), StoreError> {
+            let stored = self.ledger.get(&key)?.map(|bytes| read_u64(&bytes, what)).transpose()?;
+            batch.insert(&self.ledger, key, stored.unwrap_or(0).saturating_add(n).to_be_bytes());
+            Ok(())
+        };
+        for (name, n) in delta.counts.nonzero() {
+            add([&counter_prefix[..], name.as_bytes()].concat(), n, "counter")?;
+        }
+        for (reason, n) in delta.merged_rejections() {
+            let key =
+                [&rejection_prefix[..], &reason.status.to_be_bytes(), reason.reason.as_bytes()].concat();
+            add(key, n, "rejection count")?;
+        }
+        batch.insert(&self.ledger, step_key, []);
+        batch.commit()?;
+        Ok(true)
+    }
+
+    fn save_checkpoint(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        shard: ShardId,
+        checkpoint: ShardCheckpoint,
+    ) -> Result<bool, StoreError> {
+        let key = self.checkpoint_key(tenant, broadcast, shard);
+        let _writer = self.ledger_lock();
+        if let Some(stored) = self.ledger.get(&key)? {
+            if ShardCheckpoint::from_bytes(&stored)?.next_page > checkpoint.next_page {
+                return Ok(false);
+            }
+        }
+        let mut batch = self.write_batch();
+        batch.insert(&self.ledger, key, checkpoint.to_bytes());
+        batch.commit()?;
+        Ok(true)
+    }
+
+    fn checkpoint_key(&self, tenant: &TenantId, broadcast: &BroadcastId, shard: ShardId) -> Vec<u8> {
+        let prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Checkpoint);
+        [&prefix[..], &shard.0.to_be_bytes()].concat()
+    }
+
+    fn load_checkpoint(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        shard: ShardId,
+    ) -> Result<Option<ShardCheckpoint>, StoreError> {
+        let stored = self.ledger.get(self.checkpoint_key(tenant, broadcast, shard))?;
+        stored.map(|bytes| ShardCheckpoint::from_bytes(&bytes)).transpose()
+    }
+
+    fn status(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+    ) -> Result<Option<BroadcastStatus>, StoreError> {
+        // Under the writers' lock, so counters and rejections come from the same instant.
+        let _reader = self.ledger_lock();
+        let Some(meta) = self.ledger.get(keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Meta))?
+        else {
+            return Ok(None);
+        };
+        let corrupt_meta = || StoreError::CorruptLedger { what: "broadcast meta" };
+        let (shards_total, created_at) = meta.split_first_chunk::<8>().ok_or_else(corrupt_meta)?;
+        let created_at = <[u8; 4]>::try_from(created_at).map_err(|_| corrupt_meta())?;
+        let mut counts = BroadcastCounts::default();
+        let counter_prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Count);
+        for entry in self.ledger.prefix(&counter_prefix) {
+            let (key, value) = entry?;
+            let name = std::str::from_utf8(&key[counter_prefix.len()..]).unwrap_or("");
+            // A counter this version does not know (written by a newer one) is left out.
+            if let Some(counter) = counts.named_mut(name) {
+                *counter = read_u64(&value, "counter")?;
+            }
+        }
+        let mut rejections = Vec::new();
+        let rejection_prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Rejection);
+        for entry in self.ledger.prefix(&rejection_prefix) {
+            let (key, value) = entry?;
+            let corrupt = || StoreError::CorruptLedger { what: "rejection reason" };
+            let (status, reason) =
+                key[rejection_prefix.len()..].split_first_chunk::<2>().ok_or_else(corrupt)?;
+            let reason = String::from_utf8(reason.to_vec()).map_err(|_| corrupt())?;
+            let status = u16::from_be_bytes(*status);
+            rejections.push((RejectionReason { status, reason }, read_u64(&value, "rejection count")?));
+        }
+        ledger::sort_rejections(&mut rejections);
+        Ok(Some(BroadcastStatus {
+            shards_total: u64::from_be_bytes(*shards_total),
+            created_at: UnixSeconds(u32::from_be_bytes(created_at)),
+            counts,
+            rejections,
+        }))
+    }
+}
+
+#[async_trait]
+impl BroadcastLedger for EmbeddedStore {
+    #[instrument(name = "store.claim_idempotency_key", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast))]
+    async fn claim_idempotency_key(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        broadcast: &BroadcastId,
+        ttl: Duration,
+    ) -> Result<Option<BroadcastId>, StoreError> {
+        observe(BACKEND, "claim_idempotency_key", ledger::check_label("idempotency key", key))?;
+        let (tenant, key, broadcast) = (tenant.clone(), key.to_owned(), broadcast.clone());
+        self.blocking("claim_idempotency_key", move |inner| inner.claim(&tenant, &key, &broadcast, ttl)).await
+    }
+
+    #[instrument(name = "store.create_broadcast", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, shards_total))]
+    async fn create_broadcast(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        shards_total: u64,
+        at: UnixSeconds,
+    ) -> Result<(), StoreError> {
+        let (tenant, broadcast) = (tenant.clone(), broadcast.clone());
+        self.blocking("create_broadcast", move |inner| {
+            inner.create_broadcast(&tenant, &broadcast, shards_total, at)
+        })
+        .await
+    }
+
+    #[instrument(name = "store.add_progress", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, step = %step, applied))]
+    async fn add_progress(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        step: &str,
+        delta: &ProgressDelta,
+    ) -> Result<bool, StoreError> {
+        observe(BACKEND, "add_progress", ledger::check_label("progress step", step))?;
+        let (tenant, broadcast, step, delta) =
+            (tenant.clone(), broadcast.clone(), step.to_owned(), delta.clone());
+        let applied = self
+            .blocking("add_progress", move |inner| inner.add_progress(&tenant, &broadcast, &step, &delta))
+            .await?;
+        tracing::Span::current().record("applied", applied);
+        telemetry::progress_step(BACKEND, applied);
+        Ok(applied)
+    }
+
+    #[instrument(name = "store.save_checkpoint", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, %shard, next_page = checkpoint.next_page))]
+    async fn save_checkpoint(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        shard: ShardId,
+        checkpoint: ShardCheckpoint,
+    ) -> Result<(), StoreError> {
+        let shard = observe(BACKEND, "save_checkpoint", self.inner.shards.check(shard))?;
+        let (tenant, broadcast) = (tenant.clone(), broadcast.clone());
+        let stored = self
+            .blocking("save_checkpoint", move |inner| {
+                inner.save_checkpoint(&tenant, &broadcast, shard, checkpoint)
+            })
+            .await?;
+        if !stored {
+            tracing::debug!("a later checkpoint is stored; kept it");
+        }
+        Ok(())
+    }
+
+    #[instrument(name = "store.load_checkpoint", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, %shard))]
+    async fn load_checkpoint(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        shard: ShardId,
+    ) -> Result<Option<ShardCheckpoint>, StoreError> {
+        let shard = observe(BACKEND, "load_checkpoint", self.inner.shards.check(shard))?;
+        let (tenant, broadcast) = (tenant.clone(), broadcast.clone());
+        self.blocking("load_checkpoint", move |inner| inner.load_checkpoint(&tenant, &broadcast, shard)).await
+    }
+
+    #[instrument(name = "store.status", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast))]
+    async fn status(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+    ) -> Result<Option<BroadcastStatus>, StoreError> {
+        let (tenant, broadcast) = (tenant.clone(), broadcast.clone());
+        self.blocking("status", move |inner| inner.status(&tenant, &broadcast)).await
+    }
+}

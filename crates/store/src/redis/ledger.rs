@@ -1,0 +1,298 @@
+//! [`BroadcastLedger`] on Redis: the key layout is in [`crate::keys`].
+//!
+//! Every write is one Lua script over the broadcast's five keys (one hash tag, so one cluster
+//! node), which makes it atomic: `add_progress` adds its step to the step set and increments the
+//! counters only if the step was new, in one step that nothing can interleave with, so a
+//! redelivered step never counts twice. Every write also refreshes the five keys' expiry. An
+//! idempotency key is one `SET NX PX GET`: the claim and the read of the holder are one command.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::Script;
+use tracing::instrument;
+
+use super::{RedisStore, BACKEND};
+use crate::error::StoreError;
+use crate::keys::{self, BroadcastKeys};
+use crate::ledger::{
+    self, BroadcastCounts, BroadcastId, BroadcastLedger, BroadcastStatus, ProgressDelta, RejectionReason,
+    ShardCheckpoint, BROADCAST_RETENTION,
+};
+use crate::model::{TenantId, UnixSeconds};
+use crate::shard::ShardId;
+use crate::telemetry::{self, observe};
+
+/// Records a broadcast unless it exists.
+const CREATE_SCRIPT: &str = r"
+-- KEYS: the broadcast's meta, counts, rej, steps and ckpt keys.
+-- ARGV[1]: retention in ms; ARGV[2]: shards_total; ARGV[3]: created_at.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'shards_total', ARGV[2], 'created_at', ARGV[3])
+end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+return 1
+";
+
+/// Adds a step's delta once: the `SADD` decides, in the same atomic script as the increments.
+const PROGRESS_SCRIPT: &str = r"
+-- KEYS: the broadcast's meta, counts, rej, steps and ckpt keys.
+-- ARGV[1]: retention in ms; ARGV[2]: the step; ARGV[3]: n, the number of counter pairs;
+-- then n pairs (counter, increment), then pairs (rejection field, increment).
+-- Returns 1 if the step was applied, 0 if it had been already.
+if redis.call('SADD', KEYS[4], ARGV[2]) == 0 then
+  return 0
+end
+local counters_end = 3 + 2 * tonumber(ARGV[3])
+for i = 4, counters_end, 2 do
+  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+for i = counters_end + 1, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
+end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+return 1
+";
+
+/// Stores a checkpoint unless the stored one is further on.
+const CHECKPOINT_SCRIPT: &str = r"
+-- KEYS: the broadcast's meta, counts, rej, steps and ckpt keys.
+-- ARGV[1]: retention in ms; ARGV[2]: the shard; ARGV[3]: the checkpoint, whose first 4 bytes are
+-- its next page as a big-endian u32. Returns 1 if stored, 0 if the stored one is further on.
+local function page(checkpoint)
+  local a, b, c, d = string.byte(checkpoint, 1, 4)
+  return ((a * 256 + b) * 256 + c) * 256 + d
+end
+local stored = redis.call('HGET', KEYS[5], ARGV[2])
+if stored and #stored >= 4 and page(stored) > page(ARGV[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[5], ARGV[2], ARGV[3])
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+return 1
+";
+
+/// Reads a broadcast's meta, counts and rejections at one instant, so the rejection reasons
+/// always add up to what the counters say.
+const STATUS_SCRIPT: &str = r"
+-- KEYS: the broadcast's meta, counts and rej keys.
+return {
+  redis.call('HGETALL', KEYS[1]),
+  redis.call('HGETALL', KEYS[2]),
+  redis.call('HGETALL', KEYS[3]),
+}
+";
+
+/// The ledger's scripts, hashed once per store.
+pub(super) struct Scripts {
+    create: Script,
+    progress: Script,
+    checkpoint: Script,
+    status: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Self {
+        Self {
+            create: Script::new(CREATE_SCRIPT),
+            progress: Script::new(PROGRESS_SCRIPT),
+            checkpoint: Script::new(CHECKPOINT_SCRIPT),
+            status: Script::new(STATUS_SCRIPT),
+        }
+    }
+}
+
+/// A duration in whole milliseconds, at least 1 (Redis refuses an expiry of 0).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn invoke_on_broadcast<'a>(script: &'a Script, keys: &BroadcastKeys) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    for key in keys.all() {
+        invocation.key(key);
+    }
+    invocation.arg(millis(BROADCAST_RETENTION));
+    invocation
+}
+
+fn unexpected(what: &str, value: &str) -> StoreError {
+    StoreError::UnexpectedReply(format!("ledger {what} {value:?}"))
+}
+
+/// Builds a status from the three hashes the status script read; `None` without meta.
+fn parse_status(
+    meta: HashMap<String, String>,
+    counters: HashMap<String, u64>,
+    rejections: HashMap<String, u64>,
+) -> Result<Option<BroadcastStatus>, StoreError> {
+    if meta.is_empty() {
+        return Ok(None);
+    }
+    let meta_field = |name: &str| -> Result<&String, StoreError> {
+        meta.get(name).ok_or_else(|| StoreError::UnexpectedReply(format!("ledger meta without {name}")))
+    };
+    let shards_total = meta_field("shards_total")?;
+    let shards_total = shards_total.parse().map_err(|_| unexpected("shards_total", shards_total))?;
+    let created_at = meta_field("created_at")?;
+    let created_at = UnixSeconds(created_at.parse().map_err(|_| unexpected("created_at", created_at))?);
+    let mut counts = BroadcastCounts::default();
+    for (name, value) in counters {
+        if let Some(counter) = counts.named_mut(&name) {
+            *counter = value;
+        }
+    }
+    let mut rejections = rejections
+        .into_iter()
+        .map(|(field, n)| {
+            let (status, reason) =
+                keys::parse_rejection_field(&field).ok_or_else(|| unexpected("rejection field", &field))?;
+            Ok((RejectionReason { status, reason: reason.to_owned() }, n))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    ledger::sort_rejections(&mut rejections);
+    Ok(Some(BroadcastStatus { shards_total, created_at, counts, rejections }))
+}
+
+#[async_trait]
+impl BroadcastLedger for RedisStore {
+    #[instrument(name = "store.claim_idempotency_key", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast))]
+    async fn claim_idempotency_key(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        broadcast: &BroadcastId,
+        ttl: Duration,
+    ) -> Result<Option<BroadcastId>, StoreError> {
+        let result = async {
+            ledger::check_label("idempotency key", key)?;
+            // NX with GET (Redis 7): sets only if absent and returns what was there, atomically.
+            let holder: Option<String> = redis::cmd("SET")
+                .arg(keys::idempotency(tenant, key))
+                .arg(broadcast.as_str())
+                .arg("NX")
+                .arg("PX")
+                .arg(millis(ttl))
+                .arg("GET")
+                .query_async(&mut self.connection())
+                .await?;
+            holder
+                .map(|holder| {
+                    BroadcastId::new(&holder).map_err(|_| unexpected("idempotency holder", &holder))
+                })
+                .transpose()
+        }
+        .await;
+        observe(BACKEND, "claim_idempotency_key", result)
+    }
+
+    #[instrument(name = "store.create_broadcast", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, shards_total))]
+    async fn create_broadcast(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        shards_total: u64,
+        at: UnixSeconds,
+    ) -> Result<(), StoreError> {
+        let keys = BroadcastKeys::new(tenant, broadcast);
+        let mut invocation = invoke_on_broadcast(&self.ledger_scripts.create, &keys);
+        invocation.arg(shards_total).arg(at.0);
+        let result = invocation.invoke_async::<()>(&mut self.connection()).await.map_err(StoreError::from);
+        observe(BACKEND, "create_broadcast", result)
+    }
+
+    #[instrument(name = "store.add_progress", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, step = %step, applied))]
+    async fn add_progress(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        step: &str,
+        delta: &ProgressDelta,
+    ) -> Result<bool, StoreError> {
+        let result = async {
+            ledger::check_label("progress step", step)?;
+            let keys = BroadcastKeys::new(tenant, broadcast);
+            let mut invocation = invoke_on_broadcast(&self.ledger_scripts.progress, &keys);
+            let counters: Vec<(&str, u64)> = delta.counts.nonzero().collect();
+            invocation.arg(step).arg(counters.len());
+            for (name, n) in counters {
+                invocation.arg(name).arg(n);
+            }
+            for (reason, n) in delta.merged_rejections() {
+                invocation.arg(keys::rejection_field(reason.status, &reason.reason)).arg(n);
+            }
+            let applied: bool = invocation.invoke_async(&mut self.connection()).await?;
+            Ok(applied)
+        }
+        .await;
+        let applied = observe(BACKEND, "add_progress", result)?;
+        tracing::Span::current().record("applied", applied);
+        telemetry::progress_step(BACKEND, applied);
+        Ok(applied)
+    }
+
+    #[instrument(name = "store.save_checkpoint", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, %shard, next_page = checkpoint.next_page))]
+    async fn save_checkpoint(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        shard: ShardId,
+        checkpoint: ShardCheckpoint,
+    ) -> Result<(), StoreError> {
+        let result = async {
+            let shard = self.shards.check(shard)?;
+            let keys = BroadcastKeys::new(tenant, broadcast);
+            let mut invocation = invoke_on_broadcast(&self.ledger_scripts.checkpoint, &keys);
+            invocation.arg(shard.0).arg(checkpoint.to_bytes());
+            let stored: bool = invocation.invoke_async(&mut self.connection()).await?;
+            if !stored {
+                tracing::debug!("a later checkpoint is stored; kept it");
+            }
+            Ok(())
+        }
+        .await;
+        observe(BACKEND, "save_checkpoint", result)
+    }
+
+    #[instrument(name = "store.load_checkpoint", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, %shard))]
+    async fn load_checkpoint(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        shard: ShardId,
+    ) -> Result<Option<ShardCheckpoint>, StoreError> {
+        let result = async {
+            let shard = self.shards.check(shard)?;
+            let stored: Option<Vec<u8>> = redis::cmd("HGET")
+                .arg(BroadcastKeys::new(tenant, broadcast).checkpoints)
+                .arg(shard.0)
+                .query_async(&mut self.connection())
+                .await?;
+            stored.map(|bytes| ShardCheckpoint::from_bytes(&bytes)).transpose()
+        }
+        .await;
+        observe(BACKEND, "load_checkpoint", result)
+    }
+
+    #[instrument(name = "store.status", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast))]
+    async fn status(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+    ) -> Result<Option<BroadcastStatus>, StoreError> {
+        let result = async {
+            let keys = BroadcastKeys::new(tenant, broadcast);
+            let mut invocation = self.ledger_scripts.status.prepare_invoke();
+            invocation.key(&keys.meta).key(&keys.counts).key(&keys.rejections);
+            let (meta, counters, rejections): (
+                HashMap<String, String>,
+                HashMap<String, u64>,
+                HashMap<String, u64>,
+            ) = invocation.invoke_async(&mut self.connection()).await?;
+            parse_status(meta, counters, rejections)
+        }
+        .await;
+        observe(BACKEND, "status", result)
+    }
+}
