@@ -9,7 +9,7 @@ use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::CertificateDer;
 
 use crate::GatewayError;
@@ -52,7 +52,10 @@ pub(crate) fn build(
         .wrap_connector(http.clone());
 
     let mut builder = Client::builder(TokioExecutor::new());
+    // HTTP/2 keep-alive pings and idle-pool expiry need a timer.
     builder
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .http2_keep_alive_while_idle(true)

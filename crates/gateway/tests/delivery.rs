@@ -1,0 +1,144 @@
+//! The gateway against the simulated push service over real loopback sockets: HTTP/2 over TLS
+//! and h2c, every message verified (VAPID) and decrypted by the push service, and the RFC 8030
+//! answers (410, 429 with Retry-After, 500) handled as the retry policy says.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use pushfan_gateway::{Delivery, FinalOutcome, Gateway, GatewayConfig, Message, Report, RetryPolicy};
+use pushfan_pushsim::{Burst, FaultPlan, Population, PushSim, PushSimConfig, PushSimHandle, Selection};
+use pushfan_webpush::vapid::{Subject, TokenCache, VapidKey, VapidSigner};
+use pushfan_webpush::{encrypt, Backend, ContentEncoding, Padding, PushOptions};
+
+const PAYLOAD: &[u8] = b"{\"title\":\"hello\"}";
+
+fn message(ttl: u32) -> Message {
+    let signer = VapidSigner::new(VapidKey::generate(), Subject::parse("mailto:ops@example.com").unwrap());
+    Message {
+        options: PushOptions { ttl, ..PushOptions::default() },
+        expires_at: SystemTime::now() + Duration::from_secs(u64::from(ttl)),
+        vapid: Arc::new(TokenCache::new(signer)),
+    }
+}
+
+fn deliveries(sim: &PushSimHandle, count: u64) -> Vec<Delivery<u64>> {
+    (0..count)
+        .map(|i| {
+            let keys = sim.population().keys(i);
+            let encoding = if i % 5 == 4 { ContentEncoding::Aesgcm } else { ContentEncoding::Aes128gcm };
+            let push =
+                encrypt(Backend::AwsLc, keys.subscription_keys(), encoding, PAYLOAD, &Padding::None).unwrap();
+            Delivery { tag: i, endpoint: sim.population().endpoint(i).unwrap(), push }
+        })
+        .collect()
+}
+
+async fn start(count: u64, tls: bool, faults: FaultPlan) -> PushSimHandle {
+    let mut config = PushSimConfig::new(Population::new(42u64, count));
+    config.expected_payload = Some(bytes::Bytes::from_static(PAYLOAD));
+    config.faults = faults;
+    if tls {
+        config = config.with_tls().unwrap();
+    }
+    PushSim::start(config).await.unwrap()
+}
+
+fn gateway(sim: &PushSimHandle, retry: RetryPolicy) -> Gateway {
+    Gateway::new(GatewayConfig {
+        extra_root_certs: sim.tls().map(|tls| vec![tls.ca_der().to_vec()]).unwrap_or_default(),
+        plaintext_h2c: sim.tls().is_none(),
+        max_in_flight_per_origin: 16,
+        retry,
+        ..GatewayConfig::default()
+    })
+    .unwrap()
+}
+
+async fn send(gateway: &Gateway, message: &Message, deliveries: Vec<Delivery<u64>>) -> Vec<Report<u64>> {
+    let mut reports: Vec<Report<u64>> = gateway.send_all(message, deliveries).collect().await;
+    reports.sort_by_key(|r| r.tag);
+    reports
+}
+
+fn fast_retries() -> RetryPolicy {
+    RetryPolicy { base_delay: Duration::from_millis(20), ..RetryPolicy::default() }
+}
+
+#[tokio::test]
+async fn every_subscriber_gets_exactly_one_verified_message_over_tls_and_h2c() {
+    for tls in [true, false] {
+        let sim = start(300, tls, FaultPlan::default()).await;
+        let gateway = gateway(&sim, fast_retries());
+        let reports = send(&gateway, &message(3600), deliveries(&sim, 300)).await;
+        assert_eq!(reports.len(), 300);
+        assert!(reports.iter().all(|r| r.outcome == FinalOutcome::Accepted && r.attempts == 1), "tls={tls}");
+        let stats = sim.stats();
+        assert_eq!(stats.status(201), 300, "tls={tls}");
+        assert_eq!((stats.vapid_verified, stats.vapid_failures), (300, 0));
+        assert_eq!((stats.decrypted, stats.decrypt_failures, stats.payload_mismatches), (300, 0, 0));
+        assert_eq!(stats.received.exactly_one, 300);
+    }
+}
+
+#[tokio::test]
+async fn gone_throttled_and_failing_subscribers_are_handled_by_the_rfc8030_rules() {
+    let faults = FaultPlan {
+        gone: Selection::indices([1, 2]),
+        not_found: Selection::indices([3]),
+        throttle: Burst { selection: Selection::indices([4, 5]), first: 1 },
+        retry_after_secs: 1,
+        fail: Burst { selection: Selection::indices([6]), first: 2 },
+        ..FaultPlan::default()
+    };
+    let sim = start(10, true, faults).await;
+    let gateway = gateway(&sim, fast_retries());
+    let started = Instant::now();
+    let reports = send(&gateway, &message(3600), deliveries(&sim, 10)).await;
+    let outcome = |i: usize| (&reports[i].outcome, reports[i].attempts);
+    assert_eq!(outcome(0), (&FinalOutcome::Accepted, 1));
+    assert_eq!(outcome(1), (&FinalOutcome::Gone, 1));
+    assert_eq!(outcome(3), (&FinalOutcome::Gone, 1));
+    assert_eq!(outcome(4), (&FinalOutcome::Accepted, 2));
+    assert_eq!(outcome(6), (&FinalOutcome::Accepted, 3));
+    // Retry-After: 1 was honoured: the throttled retries waited it out.
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let stats = sim.stats();
+    assert_eq!((stats.status(410), stats.status(404), stats.status(429), stats.status(500)), (2, 1, 2, 2));
+    assert_eq!(stats.status(201), 7);
+    assert_eq!(stats.received.exactly_one, 7);
+}
+
+#[tokio::test]
+async fn nothing_is_retried_past_the_ttl_or_the_attempt_budget() {
+    let faults = FaultPlan {
+        fail: Burst { selection: Selection::indices([0, 1]), first: 100 },
+        ..FaultPlan::default()
+    };
+    let sim = start(2, false, faults).await;
+    let budget = RetryPolicy { max_attempts: 3, ..fast_retries() };
+    let gateway = gateway(&sim, budget);
+    // TTL 0: deliver now or never.
+    let reports = send(&gateway, &message(0), deliveries(&sim, 1)).await;
+    assert_eq!((&reports[0].outcome, reports[0].attempts), (&FinalOutcome::Expired, 1));
+    let reports = send(&gateway, &message(3600), deliveries(&sim, 2)).await;
+    assert_eq!(
+        reports[1].outcome,
+        FinalOutcome::FailedAfterRetries { attempts: 3, last: "HTTP 500".into(), throttled: false }
+    );
+    assert_eq!(sim.stats().status(500), 1 + 3 + 3);
+}
+
+#[tokio::test]
+async fn a_push_service_that_is_down_is_a_transport_failure_not_a_hang() {
+    let sim = start(1, false, FaultPlan::default()).await;
+    let gateway = gateway(&sim, RetryPolicy { max_attempts: 2, ..fast_retries() });
+    let lost = deliveries(&sim, 1);
+    sim.shutdown().await.unwrap();
+    let reports = send(&gateway, &message(3600), lost).await;
+    assert!(
+        matches!(&reports[0].outcome, FinalOutcome::FailedAfterRetries { attempts: 2, throttled: false, .. }),
+        "{:?}",
+        reports[0].outcome
+    );
+}
