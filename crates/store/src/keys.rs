@@ -50,11 +50,10 @@
 //! | `ledger`  | `T 'b' B 's' step`               | empty: the step is applied |
 //! | `ledger`  | `T 'b' B 'k' S`                  | the shard's checkpoint, as in Redis |
 //!
-//! So a broadcast's counters (or rejections) are one short contiguous range, apart from its
-//! thousands of steps.
-//!
 //! Keys sort by tenant, then shard, then id, so one shard (or one topic of one shard) is one
-//! contiguous range, scanned in id order: the cursor is the last id returned.
+//! contiguous range, scanned in id order: the cursor is the last id returned. Likewise a
+//! broadcast's counters (or rejections) are one short contiguous range, apart from its thousands
+//! of steps.
 
 use crate::ledger::BroadcastId;
 use crate::model::{SubscriptionId, TenantId, Topic};

@@ -11,8 +11,13 @@
 //! a tenant's subscriptions. A broadcast runs [`SubscriptionStore::scan_shard`] over every shard,
 //! each with its own cursor, and gets full records back, ready to encrypt.
 //!
+//! Both stores also implement [`ledger::BroadcastLedger`], the broadcast bookkeeping every
+//! pipeline role shares (idempotency keys, progress counted once per step, shard checkpoints),
+//! so one store object serves both traits.
+//!
 //! Module map: [`model`] (types), [`shard`] (the shard function), [`record`] (the binary
-//! record), [`keys`] (the key schemas) are pure; `redis` and `embedded` do the I/O.
+//! record), [`keys`] (the key schemas) are pure; [`ledger`] is the ledger's trait and types;
+//! `redis` and `embedded` (each with a `ledger` submodule) do the I/O.
 //!
 //! Architecture invariant: only this crate knows Redis keys or the record format.
 
