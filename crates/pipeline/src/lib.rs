@@ -205,3 +205,51 @@ where
     })
     .await
 }
+
+/// One of the loops; a process runs any set of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// [`worker::run_planner`].
+    Planner,
+    /// [`worker::run_encryptor`].
+    Encryptor,
+    /// [`deliverer::run`].
+    Deliverer,
+    /// [`stats::run`].
+    Stats,
+}
+
+impl Role {
+    /// Every loop: what `pushfan standalone` runs.
+    pub const ALL: [Role; 4] = [Role::Planner, Role::Encryptor, Role::Deliverer, Role::Stats];
+}
+
+/// Runs `roles` until `shutdown` fires; if one loop fails, the others are stopped and its error
+/// returned.
+pub async fn run_roles<B: Bus>(
+    pipeline: Pipeline<B>,
+    roles: &[Role],
+    shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
+    let local = shutdown.child_token();
+    let mut loops = tokio::task::JoinSet::new();
+    for role in roles {
+        let (pipeline, stop) = (pipeline.clone(), local.clone());
+        match role {
+            Role::Planner => loops.spawn(worker::run_planner(pipeline, stop)),
+            Role::Encryptor => loops.spawn(worker::run_encryptor(pipeline, stop)),
+            Role::Deliverer => loops.spawn(deliverer::run(pipeline, stop)),
+            Role::Stats => loops.spawn(stats::run(pipeline, stop)),
+        };
+    }
+    let mut outcome = Ok(());
+    while let Some(finished) = loops.join_next().await {
+        let result = finished.unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()));
+        if let Err(error) = result {
+            tracing::error!(%error, "a pipeline loop failed; stopping the others");
+            local.cancel();
+            outcome = outcome.and(Err(error));
+        }
+    }
+    outcome
+}

@@ -103,3 +103,22 @@ fn rfc8188_examples_on_every_backend() {
         }
     }
 }
+
+/// Found by fuzzing: AWS-LC alone accepted a SEC1 "hybrid" sender key (0x07 prefix).
+#[test]
+fn both_backends_refuse_a_hybrid_form_sender_key_alike() {
+    let v = load("rfc8291-appendix-a.json");
+    let mut body = bytes(&v, "body");
+    body[21] = 0x07;
+    let results: Vec<_> = Backend::ALL
+        .into_iter()
+        .map(|backend| {
+            let ua =
+                UserAgentKeys::from_private_key(backend, array(&v, "ua_private"), array(&v, "auth_secret"))
+                    .unwrap();
+            ua.decrypt(backend, ContentEncoding::Aes128gcm, &body, None)
+        })
+        .collect();
+    assert!(results[0].is_err());
+    assert_eq!(results[0], results[1]);
+}

@@ -41,6 +41,11 @@ impl Primitives for AwsLc {
     }
 
     fn agree(key: &Self::PrivateKey, peer: &[u8; P256_PUBLIC_KEY_LEN]) -> Result<[u8; 32], PrimitiveError> {
+        // AWS-LC also accepts the SEC1 "hybrid" forms (0x06, 0x07); Web Push keys are
+        // uncompressed only, and both backends must agree on what they accept.
+        if peer[0] != 0x04 {
+            return Err(PrimitiveError);
+        }
         let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, peer);
         agreement::agree(key, peer, PrimitiveError, |secret| secret.try_into().map_err(|_| PrimitiveError))
     }

@@ -1,0 +1,191 @@
+//! The whole pipeline in one process, as `pushfan standalone` runs it: the embedded bus and
+//! store, the real gateway, and the simulated push service over HTTP/2 with TLS verifying every
+//! VAPID token and decrypting every message.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use pushfan_bus::messages::{self as bus, target, PublishRequest};
+use pushfan_bus::{Bus, EmbeddedBus, EmbeddedConfig, MessageContext};
+use pushfan_gateway::{Gateway, GatewayConfig, RetryPolicy};
+use pushfan_pipeline::{run_roles, Keyring, Pipeline, PipelineConfig, Role};
+use pushfan_pushsim::{Burst, FaultPlan, Population, PushSim, PushSimConfig, PushSimHandle, Selection};
+use pushfan_store::ledger::{BroadcastId, BroadcastLedger, BroadcastStatus};
+use pushfan_store::{
+    Audience, ContentEncodings, EmbeddedStore, ScanCursor, ShardCount, Subscription, SubscriptionId,
+    SubscriptionStore, TenantId, Topic, UnixSeconds, VapidKeyId,
+};
+use pushfan_webpush::vapid::{Subject, TokenCache, VapidKey, VapidSigner};
+use pushfan_webpush::PushSubscription;
+use tokio_util::sync::CancellationToken;
+
+const PAYLOAD: &[u8] = b"{\"title\":\"standalone\"}";
+const TENANT: &str = "acme";
+
+struct Standalone {
+    sim: PushSimHandle,
+    store: Arc<EmbeddedStore>,
+    bus: EmbeddedBus,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(count: u64, faults: FaultPlan) -> Standalone {
+    let mut config = PushSimConfig::new(Population::new(7u64, count)).with_tls().unwrap();
+    config.expected_payload = Some(Bytes::from_static(PAYLOAD));
+    config.faults = faults;
+    let sim = PushSim::start(config).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir.path(), ShardCount::new(8).unwrap()).unwrap());
+    let tenant = TenantId::new(TENANT).unwrap();
+    let subscriptions: Vec<Subscription> = sim
+        .population()
+        .subscribers(0..count)
+        .unwrap()
+        .into_iter()
+        .map(|s| {
+            let sub = PushSubscription {
+                endpoint: s.endpoint,
+                keys: s.keys.subscription_keys().clone(),
+                expiration_time: None,
+            };
+            let topics = if s.index % 2 == 0 { vec![Topic::new("even").unwrap()] } else { Vec::new() };
+            Subscription::new(
+                tenant.clone(),
+                sub,
+                ContentEncodings::AES128GCM,
+                VapidKeyId(1),
+                topics,
+                UnixSeconds(1),
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(store.import(&subscriptions).await.unwrap(), count as usize);
+
+    let signer = VapidSigner::new(VapidKey::generate(), Subject::parse("mailto:ops@example.com").unwrap());
+    let mut keyring = Keyring::default();
+    keyring.insert(VapidKeyId(1), TokenCache::new(signer));
+    let gateway = Gateway::new(GatewayConfig {
+        extra_root_certs: vec![sim.tls().unwrap().ca_der().to_vec()],
+        retry: RetryPolicy { base_delay: Duration::from_millis(20), ..RetryPolicy::default() },
+        ..GatewayConfig::default()
+    })
+    .unwrap();
+    let bus = EmbeddedBus::new(EmbeddedConfig::default());
+    let pipeline = Pipeline {
+        bus: bus.clone(),
+        store: Arc::clone(&store) as Arc<dyn SubscriptionStore>,
+        ledger: Arc::clone(&store) as Arc<dyn BroadcastLedger>,
+        keyring: Arc::new(keyring),
+        gateway,
+        config: PipelineConfig { page_size: 64, ..PipelineConfig::default() },
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run_roles(pipeline, &Role::ALL, shutdown.clone()));
+    Standalone { sim, store, bus, shutdown, _dir: dir }
+}
+
+impl Standalone {
+    async fn publish(&self, id: &str, target: target::Kind) -> BroadcastId {
+        let request = PublishRequest {
+            broadcast_id: id.into(),
+            tenant: TENANT.into(),
+            target: Some(bus::Target { kind: Some(target) }),
+            payload: Bytes::from_static(PAYLOAD),
+            options: Some(bus::PushOptions {
+                ttl_seconds: 3600,
+                urgency: bus::Urgency::High as i32,
+                topic: String::new(),
+            }),
+            vapid_key_id: "1".into(),
+            idempotency_key: String::new(),
+            created_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64,
+        };
+        self.bus.publish(&request, &MessageContext::default()).await.unwrap();
+        BroadcastId::new(id).unwrap()
+    }
+
+    async fn finished(&self, broadcast: &BroadcastId) -> BroadcastStatus {
+        let tenant = TenantId::new(TENANT).unwrap();
+        let ledger: &dyn BroadcastLedger = &*self.store;
+        for _ in 0..600 {
+            if let Some(status) = ledger.status(&tenant, broadcast).await.unwrap() {
+                if status.is_complete() {
+                    return status;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "broadcast {broadcast} did not finish: {:?}",
+            ledger.status(&tenant, broadcast).await.unwrap()
+        );
+    }
+
+    async fn stored(&self) -> usize {
+        let tenant = TenantId::new(TENANT).unwrap();
+        let mut total = 0;
+        for shard in self.store.shard_count().all() {
+            let mut cursor = ScanCursor::START;
+            loop {
+                let page =
+                    self.store.scan_shard(&tenant, &Audience::Everyone, shard, cursor, 500).await.unwrap();
+                total += page.subscriptions.len();
+                match page.next {
+                    Some(next) => cursor = next,
+                    None => break,
+                }
+            }
+        }
+        total
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_reaches_everyone_exactly_once_and_the_gone_are_pruned() {
+    let gone = [3u64, 17, 500];
+    let faults = FaultPlan {
+        gone: Selection::indices(gone),
+        throttle: Burst { selection: Selection::indices([5, 6]), first: 1 },
+        retry_after_secs: 1,
+        fail: Burst { selection: Selection::indices([7]), first: 1 },
+        ..FaultPlan::default()
+    };
+    let app = start(1000, faults).await;
+    let broadcast = app.publish("everyone-1", target::Kind::Everyone(bus::Everyone {})).await;
+    let status = app.finished(&broadcast).await;
+    let c = status.counts;
+    assert_eq!((c.targeted, c.encrypted, c.encrypt_failed), (1000, 1000, 0));
+    assert_eq!((c.accepted, c.gone, c.pruned), (997, 3, 3));
+    assert_eq!((c.rejected, c.failed, c.expired), (0, 0, 0));
+    assert_eq!(c.shards_done, 8);
+    let stats = app.sim.stats();
+    assert_eq!(stats.status(201), 997);
+    assert_eq!(stats.received.exactly_one, 997);
+    assert_eq!((stats.vapid_failures, stats.decrypt_failures, stats.payload_mismatches), (0, 0, 0));
+    assert_eq!((stats.status(429), stats.status(500)), (2, 1));
+    assert_eq!(app.stored().await, 997, "the gone subscriptions were deleted");
+
+    // A topic and a list reach exactly their members.
+    let topic = app.publish("even-1", target::Kind::Topic("even".into())).await;
+    let status = app.finished(&topic).await;
+    assert_eq!(
+        (status.counts.targeted, status.counts.accepted),
+        (499, 499),
+        "500 of the evens minus gone #500"
+    );
+    let ids: Vec<String> = [0u64, 1, 2]
+        .iter()
+        .map(|&i| SubscriptionId::for_endpoint(&app.sim.population().endpoint(i).unwrap()).to_string())
+        .collect();
+    let list = app.publish("list-1", target::Kind::Subscriptions(bus::SubscriptionIds { ids })).await;
+    let status = app.finished(&list).await;
+    assert_eq!((status.counts.targeted, status.counts.accepted), (3, 3));
+    let received = app.sim.live_stats().receive_counts();
+    assert_eq!(received[0], 3, "everyone, even, list");
+    assert_eq!(received[1], 2, "everyone, list");
+    app.shutdown.cancel();
+}
