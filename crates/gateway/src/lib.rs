@@ -287,3 +287,16 @@ fn transport_error(error: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// The DER certificates in a PEM file, for [`GatewayConfig::extra_root_certs`].
+pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, GatewayError> {
+    use rustls::pki_types::pem::PemObject;
+    let certificates = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .map(|cert| cert.map(|der| der.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| GatewayError::RootCertificate(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(GatewayError::RootCertificate("no CERTIFICATE block in the PEM".into()));
+    }
+    Ok(certificates)
+}
