@@ -1,4 +1,5 @@
-//! Generates Rust types for every `.proto` file under the workspace's `proto/` folder.
+//! Generates Rust types for every `.proto` file under the workspace's `proto/` folder, tonic
+//! clients and servers for the services among them, and a file descriptor set for reflection.
 //!
 //! The code goes to `OUT_DIR` and `src/lib.rs` `include!`s it: with a vendored `protoc` the
 //! generation needs nothing installed and takes well under a second, so committing the output
@@ -25,7 +26,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.bytes(["."]);
     // `prost::Name` impls give each message its full name, which the bus uses as its schema header.
     config.enable_type_names();
-    config.compile_protos(&protos, &[proto_root, protoc_bin_vendored::include_path()?])?;
+    // One protoc run for every package: tonic's generator adds service code only to packages
+    // that declare services (`pushfan.v1`), so the bus messages come out as plain prost types.
+    // Transport helpers (`connect`) are left out so this crate needs only tonic's codegen
+    // support; clients wrap a channel they build themselves.
+    let descriptor_set = PathBuf::from(env::var("OUT_DIR")?).join("pushfan_descriptor.bin");
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .build_transport(false)
+        // The descriptor set (imports included) feeds gRPC server reflection.
+        .file_descriptor_set_path(descriptor_set)
+        .compile_with_config(config, &protos, &[proto_root, protoc_bin_vendored::include_path()?])?;
     Ok(())
 }
 
