@@ -350,7 +350,8 @@ mod tests {
 
     #[test]
     fn payload_size_is_checked_first() {
-        let request = v1::PublishRequest { payload: vec![0; MAX_PLAINTEXT_LEN + 1].into(), ..Default::default() };
+        let request =
+            v1::PublishRequest { payload: vec![0; MAX_PLAINTEXT_LEN + 1].into(), ..Default::default() };
         let (field, _) = field_of(publish(request, &tenant(), SystemTime::now()).unwrap_err());
         assert_eq!(field, "payload");
         let fits = v1::PublishRequest {
