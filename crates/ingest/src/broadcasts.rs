@@ -2,8 +2,11 @@
 //!
 //! The ledger has no change feed, so `WatchBroadcast` polls it (every [`WATCH_INTERVAL`]) and
 //! sends only when something changed. A poll is one small ledger read per watcher, cheap next to
-//! the broadcast it watches. The stream lives as long as the client listens: dropping the call
-//! drops the stream and its polling.
+//! the broadcast it watches. The stream lives as long as the client listens (dropping the call
+//! drops the stream and its polling), until the broadcast completes, or until the server starts
+//! shutting down: a graceful shutdown waits for open calls, so a watch of a broadcast that never
+//! completes must not hold it up. It then ends with UNAVAILABLE, and the client re-watches
+//! elsewhere.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use pushfan_proto::v1::{
 };
 use pushfan_store::ledger::{BroadcastId, BroadcastStatus};
 use pushfan_store::TenantId;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -36,12 +40,14 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchBroadcastResponse, 
 #[derive(Debug, Clone)]
 pub struct BroadcastApi<B> {
     state: IngestState<B>,
+    /// Turns `true` when the server starts shutting down; ends every watch.
+    closing: watch::Receiver<bool>,
 }
 
 impl<B: Bus> BroadcastApi<B> {
-    /// The service over `state`.
-    pub fn new(state: IngestState<B>) -> Self {
-        Self { state }
+    /// The service over `state`; watches end once `closing` turns `true`.
+    pub fn new(state: IngestState<B>, closing: watch::Receiver<bool>) -> Self {
+        Self { state, closing }
     }
 }
 
@@ -64,6 +70,8 @@ struct Watch<B> {
     polls_missing: u32,
     /// Set after the final message (complete, or an error).
     done: bool,
+    /// The server's shutdown signal.
+    closing: watch::Receiver<bool>,
 }
 
 impl<B: Bus> Watch<B> {
@@ -93,7 +101,14 @@ impl<B: Bus> Watch<B> {
                 }
                 Ok(Some(_)) => {}
             }
-            tokio::time::sleep(WATCH_INTERVAL).await;
+            tokio::select! {
+                () = tokio::time::sleep(WATCH_INTERVAL) => {}
+                // An error means the server is gone altogether: stop as well.
+                _ = self.closing.wait_for(|closing| *closing) => {
+                    self.done = true;
+                    return Some(Err(Status::unavailable("the server is shutting down; watch again")));
+                }
+            }
         }
     }
 }
@@ -124,8 +139,15 @@ impl<B: Bus> BroadcastService for BroadcastApi<B> {
         observe("WatchBroadcast", async {
             let tenant = self.state.authenticate(request.metadata())?;
             let id = broadcast_id(&request.get_ref().broadcast_id)?;
-            let watch =
-                Watch { state: self.state.clone(), tenant, id, last: None, polls_missing: 0, done: false };
+            let watch = Watch {
+                state: self.state.clone(),
+                tenant,
+                id,
+                last: None,
+                polls_missing: 0,
+                done: false,
+                closing: self.closing.clone(),
+            };
             let stream = futures::stream::unfold(watch, |mut watch| async move {
                 let item = watch.next().await?;
                 Some((item, watch))

@@ -140,13 +140,20 @@ pub async fn serve<B: Bus>(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(ServeError::Reflection)?;
+    // Watches poll until their broadcast completes; they end when shutdown begins, so the
+    // graceful shutdown below (which waits for open calls) cannot be held up by one.
+    let (closing, closing_watches) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        closing.send_replace(true);
+    };
     tracing::info!(address = ?listener.local_addr().ok(), "ingest serving");
     Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(SubscriptionServiceServer::new(SubscriptionApi::new(state.clone())))
         .add_service(PublishServiceServer::new(PublishApi::new(state.clone())))
-        .add_service(BroadcastServiceServer::new(BroadcastApi::new(state)))
+        .add_service(BroadcastServiceServer::new(BroadcastApi::new(state, closing_watches)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

@@ -698,6 +698,22 @@ async fn broadcast_progress_is_reported_and_a_watch_ends_on_completion() {
 }
 
 #[tokio::test]
+async fn shutting_down_ends_open_watches() {
+    let h = Harness::start().await;
+    let broadcast = BroadcastId::new("never-ends").unwrap();
+    h.store.create_broadcast(&TenantId::new("acme").unwrap(), &broadcast, 1, UnixSeconds(1)).await.unwrap();
+    let watch = v1::WatchBroadcastRequest { broadcast_id: broadcast.to_string() };
+    let mut stream =
+        h.broadcasts().watch_broadcast(authed(ACME_KEY, watch)).await.expect("watching").into_inner();
+    let first = timeout(WAIT, stream.message()).await.expect("in time").expect("ok").expect("an update");
+    assert!(!first.broadcast.expect("a broadcast").complete);
+    // `stop` waits for the server to return, which it does only once the watch has ended.
+    h.stop().await;
+    let ended = timeout(WAIT, stream.message()).await.expect("in time");
+    assert_eq!(ended.expect_err("ended by the shutdown").code(), Code::Unavailable);
+}
+
+#[tokio::test]
 async fn health_reports_serving_and_reflection_lists_the_services() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
