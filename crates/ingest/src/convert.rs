@@ -140,7 +140,7 @@ pub fn subscription_ids(field: &str, ids: &[String]) -> Result<Vec<SubscriptionI
 }
 
 /// A publish request, validated, as the bus message to queue (its broadcast id left empty for
-/// the caller to fill in), with the client's idempotency key (empty if none).
+/// the caller to fill in; the client's idempotency key, possibly empty, travels in it).
 pub fn publish(
     request: v1::PublishRequest,
     tenant: &TenantId,

@@ -15,14 +15,17 @@
 //! A request that finds `publish:K` taken then asks `published:K`: taken means the first
 //! attempt got through, so it answers with that broadcast id and queues nothing. Free means the
 //! first attempt's bus send failed (or its process died before recording it), so this request
-//! queues the same broadcast id again. Queueing an id twice is what a bus redelivery does
-//! anyway, so the pipeline already treats it as one broadcast.
+//! queues the same broadcast id again. The planner then sees one broadcast id twice, exactly as
+//! after a bus redelivery: the ledger counts it once, and, as with any redelivery on an
+//! at-least-once bus, some of its pushes may go out twice. That is the price of never answering
+//! with a broadcast that was not queued.
 //!
 //! Why not publish first and claim after: two concurrent duplicates would both publish before
 //! either claimed. Why not claim once: after a failed send, every retry within 24 hours would be
 //! answered with an id that was never queued. What remains: if the retry's own send also fails,
 //! its `published:K` claim was already made, so a third attempt is wrongly deduplicated; and a
-//! retry racing a first attempt that is still sending queues the id twice (harmless, see above).
+//! retry racing a first attempt that is still sending (a window of one bus send) queues the id
+//! twice, as above. A ledger "release" or plain read of a claim would close both gaps.
 
 use std::time::{Duration, SystemTime};
 
@@ -91,7 +94,8 @@ impl<B: Bus> PublishApi<B> {
         message.broadcast_id = broadcast.to_string();
         self.send(&message).await?;
         // The broadcast is queued whatever happens next; failing to record that only means a
-        // retry would queue it again, which the pipeline absorbs, so it is logged, not returned.
+        // retry would queue it again (a redelivery, see the module docs), so it is logged and the
+        // client still gets its broadcast id.
         if let Err(error) =
             ledger.claim_idempotency_key(tenant, &published, &broadcast, IDEMPOTENCY_TTL).await
         {
