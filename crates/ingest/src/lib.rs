@@ -16,6 +16,10 @@
 //! refuses bad input with INVALID_ARGUMENT naming the field before anything is written or
 //! queued. Errors are one enum, [`IngestError`], mapped to gRPC codes in one place.
 //!
+//! Metrics: `pushfan_ingest_requests_total{method,code}` (code: `ok`, `invalid_argument`, …)
+//! and `pushfan_ingest_request_seconds{method}`. Each RPC runs in an `rpc` span with `method`
+//! and, once authenticated, `tenant`.
+//!
 //! Architecture invariant: ingest never logs an endpoint URL or an API key.
 
 use std::fmt;
