@@ -136,8 +136,10 @@ impl<B: Bus> Pages<'_, B> {
         let (tenant, broadcast) = plan::identity(&job.tenant, &job.broadcast_id)?;
         let targeted = subscriptions.len() as u64;
         let mut counts = BroadcastCounts { targeted, ..Default::default() };
-        if SystemTime::now() >= plan::system_time(job.expires_at_ms) {
-            // Sending now would only be refused or dropped by the push service.
+        let ttl = job.options.as_ref().map_or(0, |o| o.ttl_seconds);
+        // TTL 0 means "now or never": the gateway tries once. Any other TTL that has run out
+        // would only be dropped by the push service.
+        if ttl > 0 && SystemTime::now() >= plan::system_time(job.expires_at_ms) {
             counts.expired = targeted;
         } else {
             let (subscriptions, results) = self.encrypt(subscriptions).await;

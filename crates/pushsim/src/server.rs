@@ -66,7 +66,7 @@ impl Sample {
 
     /// Whether the request with sequence number `sequence` is checked.
     pub fn hits(self, sequence: u64) -> bool {
-        self.0 != 0 && sequence % u64::from(self.0) == 0
+        self.0 != 0 && sequence.is_multiple_of(u64::from(self.0))
     }
 }
 

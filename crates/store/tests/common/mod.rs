@@ -52,7 +52,7 @@ pub(crate) fn topic(name: &str) -> Topic {
 /// Subscription number `n` of `tenant`: a 180-byte FCM-style endpoint for most, a Mozilla one
 /// for every seventh (so records of both shapes are exercised).
 pub(crate) fn subscription(tenant: &TenantId, n: u32, topics: &[&str]) -> Subscription {
-    let endpoint = if n % 7 == 0 {
+    let endpoint = if n.is_multiple_of(7) {
         format!("https://updates.push.services.mozilla.com/wpush/v2/gAAAAABn{n:08}_-x")
     } else {
         let token = format!("d{n:021}:APA91b{n:010}");

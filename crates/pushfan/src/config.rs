@@ -1,0 +1,335 @@
+//! Configuration: embedded defaults, then a TOML file, then `PUSHFAN__SECTION__KEY` environment
+//! variables, then [`Config::validate`]. Unknown keys are errors, so a typo never silently
+//! falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Everything a pushfan process reads at start.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Config {
+    /// Where subscriptions and the broadcast ledger live.
+    pub(crate) store: StoreConfig,
+    /// How roles pass work to each other.
+    pub(crate) bus: BusConfig,
+    /// The gRPC API.
+    pub(crate) ingest: IngestConfig,
+    /// Tenants and their API keys.
+    pub(crate) tenants: Vec<TenantConfig>,
+    /// The application server's VAPID identity.
+    pub(crate) vapid: VapidConfig,
+    /// Encryption workers.
+    pub(crate) worker: WorkerConfig,
+    /// Delivery to push services.
+    pub(crate) gateway: GatewaySettings,
+    /// Prometheus metrics.
+    pub(crate) metrics: MetricsConfig,
+}
+
+/// Which store backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum StoreBackend {
+    /// fjall on local disk, in this process.
+    #[default]
+    Embedded,
+    /// A single Redis server.
+    Redis,
+    /// A Redis Cluster.
+    RedisCluster,
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct StoreConfig {
+    /// `embedded`, `redis` or `redis-cluster`.
+    pub(crate) backend: StoreBackend,
+    /// The embedded store's directory.
+    pub(crate) path: PathBuf,
+    /// Redis URLs: one server, or some nodes of a cluster.
+    pub(crate) redis_urls: Vec<String>,
+    /// Shards per tenant; fixed once data is written, and at least the bus partitions.
+    pub(crate) shards: u16,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Embedded,
+            path: PathBuf::from("pushfan-data"),
+            redis_urls: vec!["redis://127.0.0.1:6379/".into()],
+            shards: 64,
+        }
+    }
+}
+
+/// Which bus backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum BusBackend {
+    /// Bounded channels in this process.
+    #[default]
+    Embedded,
+    /// A Kafka-protocol cluster.
+    Kafka,
+}
+
+/// `[bus]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct BusConfig {
+    /// `embedded` or `kafka`.
+    pub(crate) backend: BusBackend,
+    /// Kafka bootstrap servers.
+    pub(crate) brokers: String,
+    /// Prefix of every Kafka topic name.
+    pub(crate) topic_prefix: String,
+    /// Create the topics at start with this many partitions (0: leave them to the operator).
+    pub(crate) create_topics_with_partitions: i32,
+    /// Replication factor for topics created at start.
+    pub(crate) replication: i32,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            backend: BusBackend::Embedded,
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: "pushfan.".into(),
+            create_topics_with_partitions: 0,
+            replication: 1,
+        }
+    }
+}
+
+/// `[ingest]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct IngestConfig {
+    /// Where the gRPC API listens.
+    pub(crate) listen: SocketAddr,
+    /// Accept plain `http://` endpoints on loopback (the simulated push service, tests).
+    pub(crate) allow_http_loopback_endpoints: bool,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { listen: ([127, 0, 0, 1], 50051).into(), allow_http_loopback_endpoints: false }
+    }
+}
+
+/// `[[tenants]]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TenantConfig {
+    /// The tenant's name.
+    pub(crate) name: String,
+    /// Bearer tokens that act as this tenant.
+    pub(crate) api_keys: Vec<String>,
+}
+
+/// `[vapid]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct VapidConfig {
+    /// `mailto:` or `https:` contact for the push services.
+    pub(crate) subject: String,
+    /// Token validity, seconds (at most 86400).
+    pub(crate) validity_secs: u64,
+    /// Keys by id; subscriptions remember theirs.
+    pub(crate) keys: Vec<VapidKeyConfig>,
+}
+
+impl Default for VapidConfig {
+    fn default() -> Self {
+        Self { subject: String::new(), validity_secs: 12 * 3600, keys: Vec::new() }
+    }
+}
+
+/// `[[vapid.keys]]`: give the private key inline or as a file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VapidKeyConfig {
+    /// The id subscriptions refer to.
+    pub(crate) id: u32,
+    /// Base64url private scalar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) private_key: Option<String>,
+    /// A PEM file (PKCS#8 or SEC1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) private_key_file: Option<PathBuf>,
+}
+
+/// `[worker]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct WorkerConfig {
+    /// Subscriptions per page (and per delivery batch).
+    pub(crate) page_size: usize,
+    /// Shard jobs encrypted at once per process.
+    pub(crate) concurrent_shard_jobs: usize,
+    /// `aws-lc-rs` or `rustcrypto`.
+    pub(crate) crypto_backend: String,
+    /// Pad payloads to standard size buckets to hide their length.
+    pub(crate) pad_payloads: bool,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            page_size: 512,
+            concurrent_shard_jobs: 4,
+            crypto_backend: "aws-lc-rs".into(),
+            pad_payloads: false,
+        }
+    }
+}
+
+/// `[gateway]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct GatewaySettings {
+    /// Requests in flight per push-service origin.
+    pub(crate) max_in_flight_per_origin: usize,
+    /// Delivery batches worked on at once per process.
+    pub(crate) concurrent_batches: usize,
+    /// One request's deadline, milliseconds.
+    pub(crate) request_timeout_ms: u64,
+    /// Attempts per push, the first included.
+    pub(crate) max_attempts: u32,
+    /// Speak h2c (HTTP/2 without TLS) to `http://` loopback endpoints.
+    pub(crate) h2c: bool,
+    /// PEM files of extra CAs to trust (a simulated push service's).
+    pub(crate) extra_root_certs: Vec<PathBuf>,
+    /// Write each delivery's outcome back to the subscription.
+    pub(crate) record_outcomes: bool,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            max_in_flight_per_origin: 256,
+            concurrent_batches: 8,
+            request_timeout_ms: 15_000,
+            max_attempts: 6,
+            h2c: false,
+            extra_root_certs: Vec::new(),
+            record_outcomes: true,
+        }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct MetricsConfig {
+    /// Serve Prometheus metrics here; off when unset.
+    pub(crate) listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Defaults, then `file` if given, then the environment.
+    pub(crate) fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                bail!("config file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("PUSHFAN__").split("__").lowercase(true))
+            .extract()
+            .context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges, and values that only make sense together.
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        if self.store.shards == 0 {
+            bail!("store.shards must be at least 1");
+        }
+        if self.store.backend != StoreBackend::Embedded && self.store.redis_urls.is_empty() {
+            bail!("store.redis_urls must name at least one Redis for the {:?} backend", self.store.backend);
+        }
+        if self.bus.backend == BusBackend::Kafka && self.bus.brokers.trim().is_empty() {
+            bail!("bus.brokers must name the Kafka bootstrap servers");
+        }
+        if self.worker.page_size == 0 || self.worker.page_size > 10_000 {
+            bail!("worker.page_size must be 1 to 10000, got {}", self.worker.page_size);
+        }
+        self.worker
+            .crypto_backend
+            .parse::<pushfan_webpush::Backend>()
+            .map_err(|e| anyhow::anyhow!("worker.crypto_backend: {e}"))?;
+        if !(60..=86_400).contains(&self.vapid.validity_secs) {
+            bail!("vapid.validity_secs must be 60 to 86400 (RFC 8292 caps tokens at 24 h)");
+        }
+        for (i, key) in self.vapid.keys.iter().enumerate() {
+            if key.private_key.is_some() == key.private_key_file.is_some() {
+                bail!("vapid.keys[{i}] (id {}): give exactly one of private_key or private_key_file", key.id);
+            }
+        }
+        for (i, tenant) in self.tenants.iter().enumerate() {
+            pushfan_store::TenantId::new(&tenant.name)
+                .map_err(|e| anyhow::anyhow!("tenants[{i}].name: {e}"))?;
+            if tenant.api_keys.iter().any(|k| k.len() < 16) {
+                bail!("tenants[{i}] ({}): every API key must be at least 16 characters", tenant.name);
+            }
+        }
+        if self.gateway.max_in_flight_per_origin == 0 || self.gateway.max_attempts == 0 {
+            bail!("gateway.max_in_flight_per_origin and gateway.max_attempts must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The gateway's request deadline.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.gateway.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pushfan.toml");
+        std::fs::write(&path, toml).unwrap();
+        Config::load(Some(&path))
+    }
+
+    #[test]
+    fn defaults_are_a_valid_standalone_config() {
+        let config = Config::load(None).unwrap();
+        assert_eq!(config.store.backend, StoreBackend::Embedded);
+        assert_eq!(config.bus.backend, BusBackend::Embedded);
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_typos_are_refused() {
+        let config =
+            load("[store]\nbackend = \"redis\"\nredis_urls = [\"redis://10.0.0.1:6379/\"]\nshards = 16\n")
+                .unwrap();
+        assert_eq!((config.store.backend, config.store.shards), (StoreBackend::Redis, 16));
+        let err = load("[store]\nshardz = 16\n").unwrap_err();
+        assert!(format!("{err:#}").contains("shardz"), "{err:#}");
+        let err = load("[worker]\ncrypto_backend = \"openssl\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("worker.crypto_backend"), "{err:#}");
+        let err = load("[[vapid.keys]]\nid = 1\n").unwrap_err();
+        assert!(format!("{err:#}").contains("exactly one of private_key"), "{err:#}");
+        let err = load("[[tenants]]\nname = \"a b\"\napi_keys = []\n").unwrap_err();
+        assert!(format!("{err:#}").contains("tenants[0].name"), "{err:#}");
+        assert!(Config::load(Some(Path::new("/nonexistent/pushfan.toml"))).is_err());
+    }
+}
