@@ -121,10 +121,14 @@ struct PublishArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Servers log what they do; client commands and the demo keep the terminal for their output.
+    let default_filter = match cli.command {
+        Command::Standalone | Command::Ingest | Command::Worker | Command::Gateway => "warn,pushfan=info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,pushfan=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
