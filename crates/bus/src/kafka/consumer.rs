@@ -79,7 +79,7 @@ impl KafkaSubscription {
         let context = RebalanceContext { tracker: Arc::clone(&tracker), topic };
         let mut client = config.client_config();
         client
-            .set("group.id", group)
+            .set("group.id", config.topic_names.group(group))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -90,7 +90,11 @@ impl KafkaSubscription {
             // records after one member died, against 10 (its unacked ones) with this.
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", millis(config.session_timeout))
-            .set("heartbeat.interval.ms", millis(config.heartbeat_interval));
+            .set("heartbeat.interval.ms", millis(config.heartbeat_interval))
+            // A member that joins before its topic exists (roles start together) is assigned
+            // nothing, and librdkafka looks again only at the next metadata refresh: 5 minutes
+            // by default, during which that topic's work would wait.
+            .set("topic.metadata.refresh.interval.ms", "2000");
         config.apply_extra(&mut client);
         let consumer: BaseConsumer<RebalanceContext> =
             client.create_with_context(context).map_err(|e| BusError::Config(Box::new(e)))?;
