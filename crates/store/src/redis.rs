@@ -195,6 +195,24 @@ impl std::fmt::Debug for RedisStore {
 type ShardGroups<T> = BTreeMap<ShardId, Vec<T>>;
 
 impl RedisStore {
+    /// `tag` (`add`) or `untag`: one script per shard, counted and observed alike.
+    async fn retag(
+        &self,
+        tenant: &TenantId,
+        ids: &[SubscriptionId],
+        topic: &Topic,
+        add: bool,
+    ) -> Result<usize, StoreError> {
+        let result = async {
+            self.check_tenant(tenant).await?;
+            self.per_shard(self.group_ids(ids), |shard, ids| self.retag_shard(tenant, shard, ids, topic, add))
+                .await
+        }
+        .await;
+        let changed = observe(BACKEND, if add { "tag" } else { "untag" }, result)?;
+        count(telemetry::RETAGGED, BACKEND, changed);
+        Ok(changed)
+    }
     /// Connects (failing if Redis cannot be reached within the timeout).
     pub async fn connect(config: RedisConfig) -> Result<Self, StoreError> {
         let connection = match &config.target {
@@ -580,17 +598,7 @@ impl SubscriptionStore for RedisStore {
         ids: &[SubscriptionId],
         topic: &Topic,
     ) -> Result<usize, StoreError> {
-        let result = async {
-            self.check_tenant(tenant).await?;
-            self.per_shard(self.group_ids(ids), |shard, ids| {
-                self.retag_shard(tenant, shard, ids, topic, true)
-            })
-            .await
-        }
-        .await;
-        let changed = observe(BACKEND, "tag", result)?;
-        count(telemetry::RETAGGED, BACKEND, changed);
-        Ok(changed)
+        self.retag(tenant, ids, topic, true).await
     }
 
     #[instrument(name = "store.untag", skip_all, fields(backend = BACKEND, tenant = %tenant, %topic, count = ids.len()))]
@@ -600,17 +608,7 @@ impl SubscriptionStore for RedisStore {
         ids: &[SubscriptionId],
         topic: &Topic,
     ) -> Result<usize, StoreError> {
-        let result = async {
-            self.check_tenant(tenant).await?;
-            self.per_shard(self.group_ids(ids), |shard, ids| {
-                self.retag_shard(tenant, shard, ids, topic, false)
-            })
-            .await
-        }
-        .await;
-        let changed = observe(BACKEND, "untag", result)?;
-        count(telemetry::RETAGGED, BACKEND, changed);
-        Ok(changed)
+        self.retag(tenant, ids, topic, false).await
     }
 
     #[instrument(name = "store.record_outcomes", skip_all, fields(backend = BACKEND, tenant = %tenant, count = outcomes.len()))]

@@ -6,38 +6,25 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::{ids, scan_all, scan_ids, subscription, topic, unique_tenant};
+use common::{ids, scan_all, scan_ids, subscription, topic, unique_tenant, Fixture};
 use pushfan_store::{
-    Audience, DeliveryOutcome, DeliveryResult, EmbeddedStore, RedisConfig, RedisStore, RedisTarget,
-    ScanCursor, ShardCount, ShardId, StoreError, Subscription, SubscriptionStore, UnixSeconds,
+    Audience, DeliveryOutcome, DeliveryResult, ScanCursor, ShardId, StoreError, Subscription,
+    SubscriptionStore, UnixSeconds,
 };
 
 /// The shard count every conformance test uses (small, so shards hold many members).
 const SHARDS: u16 = 8;
 
-/// A store under test, plus whatever must live as long as it (the embedded store's directory).
-struct Fixture {
-    store: Arc<dyn SubscriptionStore>,
-    _dir: Option<tempfile::TempDir>,
-}
-
 async fn embedded() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path(), ShardCount::new(SHARDS).unwrap()).unwrap();
-    Fixture { store: Arc::new(store), _dir: Some(dir) }
+    common::embedded(SHARDS).await
 }
 
 async fn redis_single() -> Fixture {
-    let config = RedisConfig::new(RedisTarget::Single(common::redis_url()), ShardCount::new(SHARDS).unwrap());
-    Fixture { store: Arc::new(RedisStore::connect(config).await.unwrap()), _dir: None }
+    common::redis_single(SHARDS).await
 }
 
 async fn redis_cluster() -> Fixture {
-    let config =
-        RedisConfig::new(RedisTarget::Cluster(common::cluster_urls()), ShardCount::new(SHARDS).unwrap());
-    Fixture { store: Arc::new(RedisStore::connect(config).await.unwrap()), _dir: None }
+    common::redis_cluster(SHARDS).await
 }
 
 fn batch(

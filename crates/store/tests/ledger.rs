@@ -10,44 +10,30 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{subscription, unique_tenant};
+use common::{subscription, unique_tenant, Fixture, Store};
 use pushfan_store::ledger::{
     BroadcastCounts, BroadcastId, BroadcastLedger, BroadcastStatus, ProgressDelta, RejectionReason,
     ShardCheckpoint, BROADCAST_RETENTION,
 };
 use pushfan_store::{
-    Audience, EmbeddedStore, RedisConfig, RedisStore, RedisTarget, ScanCursor, ShardCount, ShardId,
-    StoreError, SubscriptionStore, TenantId, UnixSeconds,
+    Audience, EmbeddedStore, ScanCursor, ShardCount, ShardId, StoreError, SubscriptionStore, TenantId,
+    UnixSeconds,
 };
 
 /// Two shards, so a few hundred subscriptions make each shard's Redis hash big enough (over 128
 /// entries) for `HSCAN` to return a cursor in the middle of it.
 const SHARDS: u16 = 2;
 
-/// Both traits, as the binaries use one store object for both.
-trait Store: SubscriptionStore + BroadcastLedger {}
-impl<T: SubscriptionStore + BroadcastLedger> Store for T {}
-
-struct Fixture {
-    store: Arc<dyn Store>,
-    _dir: Option<tempfile::TempDir>,
-}
-
 async fn embedded() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path(), ShardCount::new(SHARDS).unwrap()).unwrap();
-    Fixture { store: Arc::new(store), _dir: Some(dir) }
+    common::embedded(SHARDS).await
 }
 
 async fn redis_single() -> Fixture {
-    let config = RedisConfig::new(RedisTarget::Single(common::redis_url()), ShardCount::new(SHARDS).unwrap());
-    Fixture { store: Arc::new(RedisStore::connect(config).await.unwrap()), _dir: None }
+    common::redis_single(SHARDS).await
 }
 
 async fn redis_cluster() -> Fixture {
-    let config =
-        RedisConfig::new(RedisTarget::Cluster(common::cluster_urls()), ShardCount::new(SHARDS).unwrap());
-    Fixture { store: Arc::new(RedisStore::connect(config).await.unwrap()), _dir: None }
+    common::redis_cluster(SHARDS).await
 }
 
 fn broadcast(id: &str) -> BroadcastId {

@@ -6,11 +6,13 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use pushfan_store::ledger::BroadcastLedger;
 use pushfan_store::{
-    Audience, ContentEncodings, ScanCursor, Subscription, SubscriptionId, SubscriptionStore, TenantId, Topic,
-    UnixSeconds, VapidKeyId,
+    Audience, ContentEncodings, EmbeddedStore, RedisConfig, RedisStore, RedisTarget, ScanCursor, ShardCount,
+    Subscription, SubscriptionId, SubscriptionStore, TenantId, Topic, UnixSeconds, VapidKeyId,
 };
 use pushfan_webpush::{EndpointPolicy, PushSubscription};
 
@@ -18,6 +20,35 @@ use pushfan_webpush::{EndpointPolicy, PushSubscription};
 const UA_PUBLIC: &str =
     "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
 const AUTH: &str = "BTBZMqHH6r4Tts7J_aSIgg";
+
+/// Both store traits, as the binaries use one store object for both.
+pub(crate) trait Store: SubscriptionStore + BroadcastLedger {}
+impl<T: SubscriptionStore + BroadcastLedger> Store for T {}
+
+/// A store under test, plus whatever must live as long as it (the embedded store's directory).
+pub(crate) struct Fixture {
+    pub(crate) store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// An embedded store in a fresh temporary directory.
+pub(crate) async fn embedded(shards: u16) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), ShardCount::new(shards).unwrap()).unwrap();
+    Fixture { store: Arc::new(store), _dir: Some(dir) }
+}
+
+/// The single Redis that `scripts/test` started.
+pub(crate) async fn redis_single(shards: u16) -> Fixture {
+    let config = RedisConfig::new(RedisTarget::Single(redis_url()), ShardCount::new(shards).unwrap());
+    Fixture { store: Arc::new(RedisStore::connect(config).await.unwrap()), _dir: None }
+}
+
+/// The Redis Cluster that `scripts/test` started.
+pub(crate) async fn redis_cluster(shards: u16) -> Fixture {
+    let config = RedisConfig::new(RedisTarget::Cluster(cluster_urls()), ShardCount::new(shards).unwrap());
+    Fixture { store: Arc::new(RedisStore::connect(config).await.unwrap()), _dir: None }
+}
 
 fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
