@@ -331,12 +331,15 @@ fn aesgcm_key_and_nonce<P: Primitives>(
     let mut ikm = [0; 32];
     P::hkdf_expand(&auth_prk, &[AESGCM_AUTH_INFO], &mut ikm);
     let key_len = (P256_PUBLIC_KEY_LEN as u16).to_be_bytes();
-    let context: [&[u8]; 5] = [b"P-256\0", &key_len, ua_public, &key_len, as_public];
+    // The info is `label || context`, passed as parts so no message allocates to join them.
+    let info = |label: &'static [u8]| -> [&[u8]; 6] {
+        [label, b"P-256\0", &key_len, ua_public, &key_len, as_public]
+    };
     let prk = P::hkdf_extract(salt, &ikm);
     let mut cek = [0; 16];
     let mut nonce = [0; 12];
-    P::hkdf_expand(&prk, &[&[AESGCM_CEK_INFO][..], &context].concat(), &mut cek);
-    P::hkdf_expand(&prk, &[&[AESGCM_NONCE_INFO][..], &context].concat(), &mut nonce);
+    P::hkdf_expand(&prk, &info(AESGCM_CEK_INFO), &mut cek);
+    P::hkdf_expand(&prk, &info(AESGCM_NONCE_INFO), &mut nonce);
     (cek, nonce)
 }
 
