@@ -14,15 +14,12 @@ mod client;
 pub mod retry;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use futures::stream::{self, Stream, StreamExt};
-use http::header::RETRY_AFTER;
 use http::HeaderValue;
-use http_body_util::{BodyExt, Full, Limited};
 use pushfan_webpush::vapid::TokenCache;
 use pushfan_webpush::{build_request, classify, EncryptedPush, Endpoint, PushOptions};
 use tokio::sync::Semaphore;
@@ -60,6 +57,8 @@ pub struct GatewayConfig {
     pub plaintext_h2c: bool,
     /// DER certificates to trust besides the web PKI (a simulated push service's, say).
     pub extra_root_certs: Vec<Vec<u8>>,
+    /// HTTP/2 connections held per origin; requests take them in turn.
+    pub connections_per_origin: usize,
 }
 
 impl Default for GatewayConfig {
@@ -72,6 +71,7 @@ impl Default for GatewayConfig {
             retry: RetryPolicy::default(),
             plaintext_h2c: false,
             extra_root_certs: Vec::new(),
+            connections_per_origin: 2,
         }
     }
 }
@@ -113,9 +113,14 @@ pub struct Report<T> {
 #[derive(Debug)]
 struct Origin {
     name: String,
+    /// Starts with one permit: the pool cannot know an origin speaks HTTP/2 until ALPN says
+    /// so, and would open a connection per concurrent request. The first answer opens the rest.
     in_flight: Semaphore,
+    /// Permits still to add once the first connection has answered.
+    held_back: AtomicUsize,
     /// Milliseconds after the gateway's epoch until which nobody may send here.
     paused_until_ms: AtomicU64,
+    connections: client::OriginConnections,
 }
 
 /// Sends pushes; cheap to clone, one per process is enough.
@@ -127,7 +132,7 @@ pub struct Gateway {
 #[derive(Debug)]
 struct Inner {
     config: GatewayConfig,
-    clients: client::Clients,
+    connector: client::Connector,
     origins: Mutex<HashMap<String, Arc<Origin>>>,
     epoch: Instant,
 }
@@ -135,9 +140,15 @@ struct Inner {
 impl Gateway {
     /// Builds the clients; connections open lazily on first use.
     pub fn new(config: GatewayConfig) -> Result<Self, GatewayError> {
-        let clients = client::build(config.connect_timeout, &config.extra_root_certs, config.plaintext_h2c)?;
+        let connector = client::Connector::new(
+            config.connect_timeout,
+            &config.extra_root_certs,
+            config.plaintext_h2c,
+            config.connections_per_origin,
+            MAX_ERROR_BODY,
+        )?;
         Ok(Self {
-            inner: Arc::new(Inner { config, clients, origins: Mutex::default(), epoch: Instant::now() }),
+            inner: Arc::new(Inner { config, connector, origins: Mutex::default(), epoch: Instant::now() }),
         })
     }
 
@@ -176,8 +187,10 @@ impl Gateway {
         Arc::clone(origins.entry(name.to_owned()).or_insert_with(|| {
             Arc::new(Origin {
                 name: name.to_owned(),
-                in_flight: Semaphore::new(self.inner.config.max_in_flight_per_origin),
+                in_flight: Semaphore::new(1),
+                held_back: AtomicUsize::new(self.inner.config.max_in_flight_per_origin.saturating_sub(1)),
                 paused_until_ms: AtomicU64::new(0),
+                connections: self.inner.connector.origin(),
             })
         }))
     }
@@ -189,7 +202,12 @@ impl Gateway {
             let attempt = {
                 let _permit = origin.in_flight.acquire().await.expect("origin semaphores are never closed");
                 attempts += 1;
-                self.attempt(message, &origin, &delivery).await
+                let attempt = self.attempt(message, &origin, &delivery).await;
+                let held_back = origin.held_back.swap(0, Ordering::AcqRel);
+                if held_back > 0 {
+                    origin.in_flight.add_permits(held_back);
+                }
+                attempt
             };
             if let Attempt::Response(outcome) = &attempt {
                 metrics::counter!("pushfan_gateway_responses_total", "outcome" => outcome.label())
@@ -224,26 +242,14 @@ impl Gateway {
         // A retried message has already waited: tell the push service how long it has left.
         let remaining = message.expires_at.duration_since(now).unwrap_or_default().as_secs();
         request.headers_mut().insert("ttl", HeaderValue::from(remaining.min(u64::from(message.options.ttl))));
-        let request = request.map(Full::new);
-        let is_tls = request.uri().scheme_str() == Some("https");
-        let clients = &self.inner.clients;
         let exchange = async {
-            let response = if is_tls {
-                clients.tls.request(request).await
-            } else {
-                clients.plain.request(request).await
-            }
-            .map_err(|e| transport_error(&e))?;
-            let status = response.status().as_u16();
-            let retry_after =
-                response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            // Read the body even on success so an HTTP/1.1 connection can be reused.
-            let body = Limited::new(response.into_body(), MAX_ERROR_BODY)
-                .collect()
-                .await
-                .map(|collected| collected.to_bytes())
-                .unwrap_or_else(|_| Bytes::new());
-            Ok::<_, String>(classify(status, retry_after.as_deref(), &body, SystemTime::now()))
+            let answer = self.inner.connector.send(&origin.connections, request).await?;
+            Ok::<_, String>(classify(
+                answer.status,
+                answer.retry_after.as_deref(),
+                &answer.body,
+                SystemTime::now(),
+            ))
         };
         let started = Instant::now();
         let attempt = match tokio::time::timeout(self.inner.config.request_timeout, exchange).await {
@@ -273,19 +279,6 @@ impl Gateway {
             metrics::counter!("pushfan_gateway_origin_pauses_total").increment(1);
         }
     }
-}
-
-/// The error and its causes, without the request URI (hyper's errors do not carry it, and
-/// nothing here adds it).
-fn transport_error(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The DER certificates in a PEM file, for [`GatewayConfig::extra_root_certs`].

@@ -2,10 +2,13 @@
 //! and h2c, every message verified (VAPID) and decrypted by the push service, and the RFC 8030
 //! answers (410, 429 with Retry-After, 500) handled as the retry policy says.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use pushfan_gateway::{Delivery, FinalOutcome, Gateway, GatewayConfig, Message, Report, RetryPolicy};
 use pushfan_pushsim::{Burst, FaultPlan, Population, PushSim, PushSimConfig, PushSimHandle, Selection};
 use pushfan_webpush::vapid::{Subject, TokenCache, VapidKey, VapidSigner};
@@ -141,4 +144,96 @@ async fn a_push_service_that_is_down_is_a_transport_failure_not_a_hang() {
         "{:?}",
         reports[0].outcome
     );
+}
+
+#[tokio::test]
+async fn plain_http_without_h2c_goes_over_http1() {
+    let sim = start(40, false, FaultPlan::default()).await;
+    let gateway = Gateway::new(GatewayConfig { plaintext_h2c: false, ..GatewayConfig::default() }).unwrap();
+    let reports = send(&gateway, &message(60), deliveries(&sim, 40)).await;
+    assert!(reports.iter().all(|r| r.outcome == FinalOutcome::Accepted), "{reports:?}");
+    assert_eq!(sim.stats().received.exactly_one, 40);
+}
+
+#[tokio::test]
+async fn a_restarted_push_service_gets_a_fresh_connection() {
+    let first = start(20, true, FaultPlan::default()).await;
+    let gateway = gateway(&first, fast_retries());
+    let reports = send(&gateway, &message(60), deliveries(&first, 10)).await;
+    assert!(reports.iter().all(|r| r.outcome == FinalOutcome::Accepted));
+
+    // Same address and certificate: only the held connections are gone.
+    let addr = first.addr();
+    let mut config = PushSimConfig::new(Population::new(42u64, 20));
+    config.expected_payload = Some(bytes::Bytes::from_static(PAYLOAD));
+    config.tls = first.tls().cloned();
+    first.shutdown().await.unwrap();
+    let second = PushSim::bind(addr, config).await.unwrap();
+    let reports = send(&gateway, &message(60), deliveries(&second, 20)).await;
+    assert!(reports.iter().all(|r| r.outcome == FinalOutcome::Accepted), "{reports:?}");
+    assert_eq!(second.stats().received.exactly_one, 20);
+}
+
+/// A push service that offers only HTTP/1.1 in ALPN, answering 201 to everything.
+async fn http1_only_service(tls: &pushfan_pushsim::TlsIdentity) -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    let mut server = tls.server_config().unwrap();
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&served);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, counter) = (acceptor.clone(), Arc::clone(&counter));
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else { return };
+                let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+                    let counter = Arc::clone(&counter);
+                    async move {
+                        assert_eq!(request.version(), http::Version::HTTP_11);
+                        request.into_body().collect().await?;
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let mut response = http::Response::new(Full::new(bytes::Bytes::new()));
+                        *response.status_mut() = http::StatusCode::CREATED;
+                        Ok::<_, hyper::Error>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, served)
+}
+
+#[tokio::test]
+async fn an_origin_without_http2_falls_back_to_http1_over_tls() {
+    let tls = pushfan_pushsim::TlsIdentity::generate().unwrap();
+    let (addr, served) = http1_only_service(&tls).await;
+    let gateway = Gateway::new(GatewayConfig {
+        extra_root_certs: vec![tls.ca_der().to_vec()],
+        ..GatewayConfig::default()
+    })
+    .unwrap();
+    let population = Population::new(7u64, 30).with_origins(&[format!("https://{addr}")]).unwrap();
+    let deliveries = (0..30)
+        .map(|i| {
+            let keys = population.keys(i);
+            let push = encrypt(
+                Backend::AwsLc,
+                keys.subscription_keys(),
+                ContentEncoding::Aes128gcm,
+                PAYLOAD,
+                &Padding::None,
+            )
+            .unwrap();
+            Delivery { tag: i, endpoint: population.endpoint(i).unwrap(), push }
+        })
+        .collect();
+    let reports = send(&gateway, &message(60), deliveries).await;
+    assert!(reports.iter().all(|r| r.outcome == FinalOutcome::Accepted), "{reports:?}");
+    assert_eq!(served.load(Ordering::Relaxed), 30);
 }

@@ -209,6 +209,7 @@ fn gateway(config: &Config) -> anyhow::Result<Gateway> {
     }
     Ok(Gateway::new(GatewayConfig {
         max_in_flight_per_origin: config.gateway.max_in_flight_per_origin,
+        connections_per_origin: config.gateway.connections_per_origin,
         request_timeout: config.request_timeout(),
         retry: RetryPolicy { max_attempts: config.gateway.max_attempts, ..RetryPolicy::default() },
         plaintext_h2c: config.gateway.h2c,

@@ -199,6 +199,8 @@ impl Default for WorkerConfig {
 pub(crate) struct GatewaySettings {
     /// Requests in flight per push-service origin.
     pub(crate) max_in_flight_per_origin: usize,
+    /// HTTP/2 connections held per push-service origin.
+    pub(crate) connections_per_origin: usize,
     /// Delivery batches worked on at once per process.
     pub(crate) concurrent_batches: usize,
     /// One request's deadline, milliseconds.
@@ -217,6 +219,7 @@ impl Default for GatewaySettings {
     fn default() -> Self {
         Self {
             max_in_flight_per_origin: 256,
+            connections_per_origin: 2,
             concurrent_batches: 8,
             request_timeout_ms: 15_000,
             max_attempts: 6,
@@ -286,8 +289,13 @@ impl Config {
                 bail!("tenants[{i}] ({}): every API key must be at least 16 characters", tenant.name);
             }
         }
-        if self.gateway.max_in_flight_per_origin == 0 || self.gateway.max_attempts == 0 {
-            bail!("gateway.max_in_flight_per_origin and gateway.max_attempts must be at least 1");
+        if self.gateway.max_in_flight_per_origin == 0
+            || self.gateway.max_attempts == 0
+            || self.gateway.connections_per_origin == 0
+        {
+            bail!(
+                "gateway.max_in_flight_per_origin, gateway.max_attempts and gateway.connections_per_origin must be at least 1"
+            );
         }
         Ok(())
     }

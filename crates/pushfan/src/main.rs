@@ -9,6 +9,7 @@
 mod app;
 mod client;
 mod config;
+mod cpu;
 mod demo;
 
 use std::path::PathBuf;
