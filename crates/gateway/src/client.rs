@@ -140,13 +140,18 @@ impl Connector {
         origin: &OriginConnections,
         request: Request<Bytes>,
     ) -> Result<Answer, TransportError> {
+        // The slow paths are boxed: inline, their large futures would be copied into every
+        // push's future, whichever path it takes.
         if origin.http1_only.load(Ordering::Relaxed) {
-            return self.send_http1(request).await;
+            return Box::pin(self.send_http1(request)).await;
         }
         let slot = &origin.slots[origin.next.fetch_add(1, Ordering::Relaxed) % origin.slots.len()];
-        let live = match self.live(origin, slot, request.uri()).await? {
-            Connected::H2(live) => live,
-            Connected::Http1 => return self.send_http1(request).await,
+        let live = match slot.current() {
+            Some(live) => live,
+            None => match Box::pin(self.reconnect(origin, slot, request.uri())).await? {
+                Connected::H2(live) => live,
+                Connected::Http1 => return Box::pin(self.send_http1(request)).await,
+            },
         };
         exchange(live.sender, request, self.max_body).await.map_err(|failure| {
             if failure.connection_unusable || !live.open.load(Ordering::Acquire) {
@@ -157,15 +162,12 @@ impl Connector {
         })
     }
 
-    async fn live(
+    async fn reconnect(
         &self,
         origin: &OriginConnections,
         slot: &Slot,
         uri: &http::Uri,
     ) -> Result<Connected, TransportError> {
-        if let Some(live) = slot.current() {
-            return Ok(Connected::H2(live));
-        }
         let _connecting = slot.connecting.lock().await;
         if let Some(live) = slot.current() {
             return Ok(Connected::H2(live));

@@ -240,9 +240,11 @@ impl Inner {
                 keys::with_id(&keys::embedded_shard(tenant, self.shards.shard_of(&outcome.id)), &outcome.id);
             let Some(old) = self.read_record(&key)? else { continue };
             let mut updated = old.to_vec();
-            record::apply_outcome(&mut updated, outcome.result, at)
+            let changed = record::apply_outcome(&mut updated, outcome.result, at)
                 .map_err(|source| StoreError::CorruptRecord { id: outcome.id, source })?;
-            batch.insert(&self.subscriptions, key, updated);
+            if changed {
+                batch.insert(&self.subscriptions, key, updated);
+            }
             recorded += 1;
         }
         batch.commit()?;

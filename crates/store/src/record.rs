@@ -40,6 +40,10 @@ pub(crate) const VERSION: u8 = 1;
 pub(crate) const LAST_SUCCESS_OFFSET: usize = 1;
 /// Where the consecutive-failure count starts (2 bytes).
 pub(crate) const FAILURES_OFFSET: usize = 5;
+/// The last-success time is kept to this resolution: a broadcast to everyone would otherwise
+/// rewrite every record it reaches, a store write per push for a timestamp nobody needs to
+/// the second (autopush keeps its `last_connect` coarse for the same reason).
+pub const SUCCESS_RESOLUTION_SECS: u32 = 3600;
 const ENCODINGS_OFFSET: usize = 7;
 const CREATED_OFFSET: usize = 8;
 const P256DH_OFFSET: usize = 12;
@@ -160,13 +164,14 @@ pub(crate) fn with_topics(record: &[u8], topics: &[Topic]) -> Result<Vec<u8>, Re
 }
 
 /// Records a delivery outcome in place: a success sets the last-success time and clears the
-/// failure count, a failure increments the count (saturating). The Redis outcome script does
-/// the same edit server-side.
+/// failure count, a failure increments the count (saturating). Returns whether the record
+/// changed: a success within [`SUCCESS_RESOLUTION_SECS`] of the recorded one, with no failures
+/// since, is not worth a write. The Redis outcome script does the same edit server-side.
 pub(crate) fn apply_outcome(
     record: &mut [u8],
     result: DeliveryResult,
     now: UnixSeconds,
-) -> Result<(), RecordError> {
+) -> Result<bool, RecordError> {
     if record.len() < VAPID_OFFSET {
         return Err(RecordError::Truncated);
     }
@@ -175,13 +180,18 @@ pub(crate) fn apply_outcome(
     }
     let failures = match result {
         DeliveryResult::Delivered => {
+            let last = u32::from_be_bytes(array(&record[LAST_SUCCESS_OFFSET..]));
+            let clean = u16::from_be_bytes(array(&record[FAILURES_OFFSET..])) == 0;
+            if clean && last != 0 && (last..last.saturating_add(SUCCESS_RESOLUTION_SECS)).contains(&now.0) {
+                return Ok(false);
+            }
             record[LAST_SUCCESS_OFFSET..FAILURES_OFFSET].copy_from_slice(&now.0.to_be_bytes());
             0
         }
         DeliveryResult::Failed => u16::from_be_bytes(array(&record[FAILURES_OFFSET..])).saturating_add(1),
     };
     record[FAILURES_OFFSET..ENCODINGS_OFFSET].copy_from_slice(&failures.to_be_bytes());
-    Ok(())
+    Ok(true)
 }
 
 fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
@@ -454,11 +464,26 @@ mod tests {
         }
         let decoded = decode(&sub.tenant, sub.id, &record).unwrap();
         assert_eq!((decoded.consecutive_failures, decoded.last_success_at), (3, None));
-        apply_outcome(&mut record, DeliveryResult::Delivered, UnixSeconds(1_800_000_000)).unwrap();
+        assert!(apply_outcome(&mut record, DeliveryResult::Delivered, UnixSeconds(1_800_000_000)).unwrap());
         let decoded = decode(&sub.tenant, sub.id, &record).unwrap();
         assert_eq!(
             (decoded.consecutive_failures, decoded.last_success_at),
             (0, Some(UnixSeconds(1_800_000_000)))
+        );
+        // Another success within the resolution changes nothing; one past it moves the time.
+        let within = 1_800_000_000 + SUCCESS_RESOLUTION_SECS - 1;
+        let unchanged = record.clone();
+        assert!(!apply_outcome(&mut record, DeliveryResult::Delivered, UnixSeconds(within)).unwrap());
+        assert_eq!(record, unchanged);
+        let past = 1_800_000_000 + SUCCESS_RESOLUTION_SECS;
+        assert!(apply_outcome(&mut record, DeliveryResult::Delivered, UnixSeconds(past)).unwrap());
+        assert_eq!(decode(&sub.tenant, sub.id, &record).unwrap().last_success_at, Some(UnixSeconds(past)));
+        // A failure in between makes the next success count at once.
+        assert!(apply_outcome(&mut record, DeliveryResult::Failed, UnixSeconds(past + 1)).unwrap());
+        assert!(apply_outcome(&mut record, DeliveryResult::Delivered, UnixSeconds(past + 2)).unwrap());
+        assert_eq!(
+            decode(&sub.tenant, sub.id, &record).unwrap().last_success_at,
+            Some(UnixSeconds(past + 2))
         );
         record[FAILURES_OFFSET..FAILURES_OFFSET + 2].copy_from_slice(&u16::MAX.to_be_bytes());
         apply_outcome(&mut record, DeliveryResult::Failed, UnixSeconds(5)).unwrap();

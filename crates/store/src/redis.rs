@@ -52,6 +52,10 @@ const RETAG_ATTEMPTS: u32 = 5;
 const OUTCOME_SCRIPT: &str = r"
 -- KEYS[1]: one shard's subs hash. ARGV[1]: the time, 4 bytes big-endian.
 -- Then pairs: a 14-byte id and 'd' (delivered) or 'f' (failed). Returns how many records existed.
+-- A success within the resolution of a recorded one, with no failure since, is not rewritten.
+local t1, t2, t3, t4 = string.byte(ARGV[1], 1, 4)
+local now = ((t1 * 256 + t2) * 256 + t3) * 256 + t4
+local resolution = {resolution}
 local recorded = 0
 for i = 2, #ARGV, 2 do
   local rec = redis.call('HGET', KEYS[1], ARGV[i])
@@ -61,14 +65,18 @@ for i = 2, #ARGV, 2 do
     end
     local updated
     if ARGV[i + 1] == 'd' then
-      updated = string.sub(rec, 1, 1) .. ARGV[1] .. '\0\0' .. string.sub(rec, 8)
+      local b1, b2, b3, b4, f1, f2 = string.byte(rec, 2, 7)
+      local last = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+      if not (f1 == 0 and f2 == 0 and last ~= 0 and now >= last and now < last + resolution) then
+        updated = string.sub(rec, 1, 1) .. ARGV[1] .. '\0\0' .. string.sub(rec, 8)
+      end
     else
       local failures = string.byte(rec, 6) * 256 + string.byte(rec, 7)
       if failures < 65535 then failures = failures + 1 end
       updated = string.sub(rec, 1, 5) .. string.char(math.floor(failures / 256), failures % 256)
         .. string.sub(rec, 8)
     end
-    redis.call('HSET', KEYS[1], ARGV[i], updated)
+    if updated then redis.call('HSET', KEYS[1], ARGV[i], updated) end
     recorded = recorded + 1
   end
 end
@@ -235,7 +243,9 @@ impl RedisStore {
             connection,
             shards: config.shards,
             max_in_flight: config.max_in_flight.max(1),
-            outcome_script: Script::new(OUTCOME_SCRIPT),
+            outcome_script: Script::new(
+                &OUTCOME_SCRIPT.replace("{resolution}", &record::SUCCESS_RESOLUTION_SECS.to_string()),
+            ),
             retag_script: Script::new(RETAG_SCRIPT),
             ledger_scripts: ledger::Scripts::new(),
             checked_tenants: Mutex::new(HashSet::new()),

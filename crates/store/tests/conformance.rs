@@ -136,9 +136,19 @@ async fn outcomes_are_recorded_in_batches(store: &dyn SubscriptionStore) {
         "removed one"
     );
 
+    // Within the resolution a clean subscription's success time stays; a failure resets that.
+    store.record_outcomes(&tenant, &successes[..2], UnixSeconds(1_800_000_100)).await.unwrap();
+    store.record_outcomes(&tenant, &failures[1..2], UnixSeconds(1_800_000_200)).await.unwrap();
+    store.record_outcomes(&tenant, &successes[..2], UnixSeconds(1_800_000_300)).await.unwrap();
+
     let read = |n: usize| store.get(&tenant, subs[n].id);
     let ok = read(0).await.unwrap().unwrap();
     assert_eq!((ok.last_success_at, ok.consecutive_failures), (Some(UnixSeconds(1_800_000_000)), 0));
+    let recovered = read(1).await.unwrap().unwrap();
+    assert_eq!(
+        (recovered.last_success_at, recovered.consecutive_failures),
+        (Some(UnixSeconds(1_800_000_300)), 0)
+    );
     assert_eq!(read(7).await.unwrap().unwrap().consecutive_failures, 2);
     let once = read(20).await.unwrap().unwrap();
     assert_eq!((once.last_success_at, once.consecutive_failures), (None, 1));
