@@ -5,6 +5,7 @@
 // --concurrency in flight. Its own `sendNotification` would use one HTTPS/1.1 request per push
 // through Node's agent, which is slower. Contract: loadtest/peers/README.md.
 
+const crypto = require('crypto');
 const fs = require('fs');
 const http2 = require('http2');
 const tls = require('tls');
@@ -123,6 +124,16 @@ function main() {
   } catch (e) {
     fail(`VAPID details rejected by web-push: ${e.message}`);
   }
+  // web-push checks each key's length only; a mismatched pair would fail every push instead.
+  const ecdh = crypto.createECDH('prime256v1');
+  try {
+    ecdh.setPrivateKey(Buffer.from(vapidDetails.privateKey, 'base64url'));
+  } catch (e) {
+    fail(`--vapid-private is not a P-256 private scalar: ${e.message}`);
+  }
+  if (!ecdh.getPublicKey().equals(Buffer.from(vapidDetails.publicKey, 'base64url'))) {
+    fail('--vapid-public does not match --vapid-private');
+  }
   const options = { vapidDetails, TTL: args.ttl, contentEncoding: 'aes128gcm' };
   const payload = Buffer.alloc(args['payload-bytes'], 'x');
   const caList = [...tls.rootCertificates, ca];
@@ -174,7 +185,8 @@ function main() {
         resolve();
       });
       req.on('error', (e) => {
-        count(errors, e.code || 'stream');
+        // A failed session cancels its streams; the cause (e.g. ECONNREFUSED) says more.
+        count(errors, (e.cause && e.cause.code) || e.code || 'stream');
         resolve();
       });
       req.end(details.body || undefined);
