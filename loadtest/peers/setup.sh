@@ -34,7 +34,7 @@ install_node() {
   fi
   cp "$src/package.json" "$src/package-lock.json" "$dst/"
   # ci: exactly the lock file's versions, checked against its integrity hashes.
-  (cd "$dst" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund)
+  (cd "$dst" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --no-update-notifier)
   stamp "$dst/.stamp" "$src/package.json" "$src/package-lock.json"
   echo "node-web-push: installed web-push $(node -p "require('$dst/node_modules/web-push/package.json').version")"
 }
