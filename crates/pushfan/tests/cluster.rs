@@ -202,7 +202,7 @@ impl ThrottleWatch {
     /// accepted. Shorter than `Retry-After` proves it retried too early; sampling late only
     /// lengthens it, so a slow machine cannot fail the check.
     fn longest_possible_wait(&self) -> Duration {
-        let before = self.before_429.expect("a sample was taken before the 429");
+        let before = self.before_429.expect("sampled before publishing, so before the 429");
         let after = self.delivered_by.expect("the throttled subscriber's delivery was seen after its 429");
         after - before
     }
@@ -304,6 +304,8 @@ extra_root_certs = ["{ca}"]
     assert_eq!((imported.imported, imported.failed), (SUBSCRIBERS - GONE.len() as u64, 0));
     assert_eq!(stored_subscriptions(&channel).await, SUBSCRIBERS);
 
+    let mut throttle = ThrottleWatch::default();
+    throttle.sample(sim.stats().status(429), false);
     let broadcast_id = PublishServiceClient::new(channel.clone())
         .publish(authed(PublishRequest {
             target: Some(Target::Everyone(Everyone {})),
@@ -318,7 +320,6 @@ extra_root_certs = ["{ca}"]
     let mut broadcasts = BroadcastServiceClient::new(channel.clone());
     let started = Instant::now();
     let mut killed_at: Option<Broadcast> = None;
-    let mut throttle = ThrottleWatch::default();
     let mut last = None;
     let finished = loop {
         let stats = sim.stats();
