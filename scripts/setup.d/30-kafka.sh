@@ -4,7 +4,9 @@
 # exports PUSHFAN_TEST_KAFKA_BROKERS. Sourced by scripts/test (set -euo pipefail; it provides log,
 # cleanup_steps, PUSHFAN_CACHE_DIR and PUSHFAN_RUN_DIR).
 #
-# The fault-injection tests need no broker: they use librdkafka's in-process mock cluster.
+# The fault-injection tests and the cluster test (crates/pushfan/tests/cluster.rs) need no broker:
+# they use librdkafka's in-process mock cluster. tansu 0.6 cannot host the cluster test: its group
+# coordinator keeps a crashed member as the group's leader, so that group never rebalances again.
 
 tansu_version=0.6.0
 tansu_bin="$PUSHFAN_CACHE_DIR/tools/bin/tansu"

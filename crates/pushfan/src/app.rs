@@ -62,6 +62,7 @@ pub(crate) async fn start(config: &Config, roles: Roles) -> anyhow::Result<Runni
         BusBackend::Kafka => {
             let mut kafka = KafkaConfig::new(config.bus.brokers.clone());
             kafka.topic_names = TopicNames::new(config.bus.topic_prefix.clone());
+            kafka.extra = config.bus.librdkafka.clone().into_iter().collect();
             let bus = KafkaBus::new(kafka).context("connecting to Kafka")?;
             if config.bus.create_topics_with_partitions > 0 {
                 bus.create_topics(config.bus.create_topics_with_partitions, config.bus.replication)

@@ -2,6 +2,7 @@
 //! variables, then [`Config::validate`]. Unknown keys are errors, so a typo never silently
 //! falls back to a default.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -96,6 +97,9 @@ pub(crate) struct BusConfig {
     pub(crate) create_topics_with_partitions: i32,
     /// Replication factor for topics created at start.
     pub(crate) replication: i32,
+    /// Further librdkafka properties, applied last: security (`security.protocol`,
+    /// `sasl.*`), tuning, or `debug = "cgrp,consumer"` to trace consumer-group rebalances.
+    pub(crate) librdkafka: BTreeMap<String, String>,
 }
 
 impl Default for BusConfig {
@@ -106,6 +110,7 @@ impl Default for BusConfig {
             topic_prefix: "pushfan.".into(),
             create_topics_with_partitions: 0,
             replication: 1,
+            librdkafka: BTreeMap::new(),
         }
     }
 }
@@ -334,6 +339,10 @@ mod tests {
         assert!(format!("{err:#}").contains("shardz"), "{err:#}");
         let err = load("[worker]\ncrypto_backend = \"openssl\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("worker.crypto_backend"), "{err:#}");
+        let config = load("[bus.librdkafka]\n\"security.protocol\" = \"ssl\"\ndebug = \"cgrp\"\n").unwrap();
+        let librdkafka: Vec<_> =
+            config.bus.librdkafka.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(librdkafka, [("debug", "cgrp"), ("security.protocol", "ssl")]);
         let err = load("[[vapid.keys]]\nid = 1\n").unwrap_err();
         assert!(format!("{err:#}").contains("exactly one of private_key"), "{err:#}");
         let err = load("[[tenants]]\nname = \"a b\"\napi_keys = []\n").unwrap_err();
