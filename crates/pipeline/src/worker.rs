@@ -2,8 +2,9 @@
 //! shard job into delivery batches, page by page.
 //!
 //! A shard job survives its worker's death: after each page is handed on, the encryptor saves
-//! the scan cursor in the ledger, and a redelivered job resumes from there. At most the page in
-//! flight is encrypted and sent twice; its counts still add once (ledger steps).
+//! the scan cursor in the ledger (no cursor after the last page), and a redelivered job resumes
+//! from there, or only marks its shard done. At most the page in flight is encrypted and sent
+//! twice; its counts still add once (ledger steps).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -92,22 +93,26 @@ async fn encrypt_shard<B: Bus>(
     let page_size = pipeline.config.page_size;
     let pages = Pages { pipeline, job: &job, payload: job.payload.clone(), context };
     let checkpoint = pipeline.ledger.load_checkpoint(&tenant, &broadcast, shard).await?;
-    let (mut cursor, mut page) = checkpoint.map_or((ScanCursor::START, 0), |c| (c.cursor, c.next_page));
-    match plan::job_target(&job)? {
-        JobTarget::Subscriptions(ids) if page == 0 => {
-            let found = try_join_all(ids.iter().map(|id| pipeline.store.get(&tenant, *id))).await?;
-            pages.hand_on(page, found.into_iter().flatten().collect()).await?;
-        }
-        JobTarget::Subscriptions(_) => {}
-        JobTarget::Audience(audience) => loop {
-            let scanned = pipeline.store.scan_shard(&tenant, &audience, shard, cursor, page_size).await?;
-            pages.hand_on(page, scanned.subscriptions).await?;
-            let Some(next) = scanned.next else { break };
-            cursor = next;
-            page += 1;
-            let checkpoint = ShardCheckpoint { cursor, next_page: page };
-            pipeline.ledger.save_checkpoint(&tenant, &broadcast, shard, checkpoint).await?;
-        },
+    // `None`: every page was handed on before, by this job's earlier delivery.
+    let (mut cursor, mut page) = checkpoint.map_or((Some(ScanCursor::START), 0), |c| (c.cursor, c.next_page));
+    let target = plan::job_target(&job)?;
+    while let Some(at) = cursor {
+        let subscriptions = match &target {
+            JobTarget::Subscriptions(ids) => {
+                cursor = None;
+                let found = try_join_all(ids.iter().map(|id| pipeline.store.get(&tenant, *id))).await?;
+                found.into_iter().flatten().collect()
+            }
+            JobTarget::Audience(audience) => {
+                let scanned = pipeline.store.scan_shard(&tenant, audience, shard, at, page_size).await?;
+                cursor = scanned.next;
+                scanned.subscriptions
+            }
+        };
+        pages.hand_on(page, subscriptions).await?;
+        page += 1;
+        let checkpoint = ShardCheckpoint { cursor, next_page: page };
+        pipeline.ledger.save_checkpoint(&tenant, &broadcast, shard, checkpoint).await?;
     }
     let done = ProgressDelta {
         counts: BroadcastCounts { shards_done: 1, ..Default::default() },

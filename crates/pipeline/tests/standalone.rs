@@ -187,5 +187,32 @@ async fn a_broadcast_reaches_everyone_exactly_once_and_the_gone_are_pruned() {
     let received = app.sim.live_stats().receive_counts();
     assert_eq!(received[0], 3, "everyone, even, list");
     assert_eq!(received[1], 2, "everyone, list");
+
+    // Shard jobs delivered again after their work was done (a worker that died before its
+    // commit) send nothing: the checkpoint says every page was handed on.
+    let created_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    for shard_index in 0..8 {
+        let job = bus::ShardJob {
+            broadcast_id: "everyone-1".into(),
+            tenant: TENANT.into(),
+            target: Some(bus::Target { kind: Some(target::Kind::Everyone(bus::Everyone {})) }),
+            shard_index,
+            shard_count: 8,
+            payload: Bytes::from_static(PAYLOAD),
+            options: Some(bus::PushOptions { ttl_seconds: 3600, ..bus::PushOptions::default() }),
+            vapid_key_id: "1".into(),
+            created_at_ms,
+            expires_at_ms: created_at_ms + 3_600_000,
+        };
+        app.bus.publish(&job, &MessageContext::default()).await.unwrap();
+    }
+    // A later broadcast's jobs queue behind the redelivered ones.
+    let ids = vec![SubscriptionId::for_endpoint(&app.sim.population().endpoint(1).unwrap()).to_string()];
+    let after = app.publish("list-2", target::Kind::Subscriptions(bus::SubscriptionIds { ids })).await;
+    app.finished(&after).await;
+    let received = app.sim.live_stats().receive_counts();
+    assert_eq!(received[1], 3, "everyone, list, list-2");
+    assert_eq!(received.iter().map(|&n| u64::from(n)).sum::<u64>(), 997 + 499 + 3 + 1, "nothing sent twice");
+    assert_eq!(app.finished(&broadcast).await.counts, c, "the counts stay as they were");
     app.shutdown.cancel();
 }

@@ -153,8 +153,9 @@ impl BroadcastStatus {
 /// handed on, and that page's sequence number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShardCheckpoint {
-    /// The next page's cursor.
-    pub cursor: ScanCursor,
+    /// The next page's cursor; `None` once the last page was handed on, so a job redelivered
+    /// after its work was done sends nothing again.
+    pub cursor: Option<ScanCursor>,
     /// The next page's sequence number within the shard.
     pub next_page: u32,
 }
@@ -294,17 +295,22 @@ pub(crate) fn sort_rejections(rejections: &mut [(RejectionReason, u64)]) {
 }
 
 impl ShardCheckpoint {
-    /// The stored form: `next_page` as a big-endian `u32`, then [`ScanCursor::to_bytes`]. The page
-    /// comes first so Redis's script can compare checkpoints without knowing cursors.
+    /// The stored form: `next_page` as a big-endian `u32`, then [`ScanCursor::to_bytes`] (nothing
+    /// when the scan is done). The page comes first so Redis's script can compare checkpoints
+    /// without knowing cursors.
     pub(crate) fn to_bytes(self) -> Vec<u8> {
-        [&self.next_page.to_be_bytes()[..], &self.cursor.to_bytes()].concat()
+        let cursor = self.cursor.map(|cursor| cursor.to_bytes()).unwrap_or_default();
+        [&self.next_page.to_be_bytes()[..], &cursor].concat()
     }
 
     /// Reads what [`ShardCheckpoint::to_bytes`] wrote.
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, StoreError> {
         let corrupt = || StoreError::CorruptLedger { what: "shard checkpoint" };
         let (page, cursor) = bytes.split_first_chunk::<4>().ok_or_else(corrupt)?;
-        let cursor = ScanCursor::from_bytes(cursor).map_err(|_| corrupt())?;
+        let cursor = match cursor {
+            [] => None,
+            cursor => Some(ScanCursor::from_bytes(cursor).map_err(|_| corrupt())?),
+        };
         Ok(Self { cursor, next_page: u32::from_be_bytes(*page) })
     }
 }
@@ -345,9 +351,12 @@ mod tests {
     #[test]
     fn checkpoints_round_trip_and_bad_bytes_are_errors() {
         let id = SubscriptionId::from_bytes([3; SubscriptionId::LEN]);
-        for cursor in
-            [ScanCursor::START, ScanCursor(CursorPosition::Redis(9)), ScanCursor(CursorPosition::After(id))]
-        {
+        for cursor in [
+            Some(ScanCursor::START),
+            Some(ScanCursor(CursorPosition::Redis(9))),
+            Some(ScanCursor(CursorPosition::After(id))),
+            None,
+        ] {
             let checkpoint = ShardCheckpoint { cursor, next_page: 70_000 };
             assert_eq!(ShardCheckpoint::from_bytes(&checkpoint.to_bytes()).unwrap(), checkpoint);
         }

@@ -197,16 +197,16 @@ async fn checkpoints_round_trip(store: &dyn Store) {
     let mid = first.next.expect("a shard of ~200 takes more than one page of 10");
 
     assert_eq!(store.load_checkpoint(&tenant, &id, shard).await.unwrap(), None);
-    let start = ShardCheckpoint { cursor: ScanCursor::START, next_page: 0 };
+    let start = ShardCheckpoint { cursor: Some(ScanCursor::START), next_page: 0 };
     store.save_checkpoint(&tenant, &id, ShardId(1), start).await.unwrap();
-    let resume = ShardCheckpoint { cursor: mid, next_page: 1 };
+    let resume = ShardCheckpoint { cursor: Some(mid), next_page: 1 };
     store.save_checkpoint(&tenant, &id, shard, resume).await.unwrap();
     assert_eq!(store.load_checkpoint(&tenant, &id, ShardId(1)).await.unwrap(), Some(start));
     let loaded = store.load_checkpoint(&tenant, &id, shard).await.unwrap().unwrap();
     assert_eq!(loaded, resume);
 
     // The loaded cursor resumes the scan where the original one would.
-    let resumed = store.scan_shard(&tenant, &Audience::Everyone, shard, loaded.cursor, 10).await.unwrap();
+    let resumed = store.scan_shard(&tenant, &Audience::Everyone, shard, loaded.cursor.unwrap(), 10).await.unwrap();
     let original = store.scan_shard(&tenant, &Audience::Everyone, shard, mid, 10).await.unwrap();
     assert_eq!(resumed, original);
     assert!(!resumed.subscriptions.is_empty());
@@ -214,9 +214,13 @@ async fn checkpoints_round_trip(store: &dyn Store) {
     // A stale worker's older checkpoint does not rewind the shard; a later one moves it on.
     store.save_checkpoint(&tenant, &id, shard, start).await.unwrap();
     assert_eq!(store.load_checkpoint(&tenant, &id, shard).await.unwrap(), Some(resume));
-    let later = ShardCheckpoint { cursor: original.next.unwrap_or(ScanCursor::START), next_page: 2 };
+    let later = ShardCheckpoint { cursor: Some(original.next.unwrap_or(ScanCursor::START)), next_page: 2 };
     store.save_checkpoint(&tenant, &id, shard, later).await.unwrap();
     assert_eq!(store.load_checkpoint(&tenant, &id, shard).await.unwrap(), Some(later));
+    // A finished scan is remembered as finished.
+    let finished = ShardCheckpoint { cursor: None, next_page: 3 };
+    store.save_checkpoint(&tenant, &id, shard, finished).await.unwrap();
+    assert_eq!(store.load_checkpoint(&tenant, &id, shard).await.unwrap(), Some(finished));
 
     let beyond = ShardId(SHARDS);
     let err = store.save_checkpoint(&tenant, &id, beyond, start).await.unwrap_err();
@@ -242,7 +246,7 @@ async fn tenants_are_isolated(store: &dyn Store) {
     let hour = Duration::from_secs(3600);
     store.create_broadcast(&owner, &id, 1, UnixSeconds(1)).await.unwrap();
     assert!(store.add_progress(&owner, &id, "page/0/0", &targeted(7)).await.unwrap());
-    let checkpoint = ShardCheckpoint { cursor: ScanCursor::START, next_page: 3 };
+    let checkpoint = ShardCheckpoint { cursor: Some(ScanCursor::START), next_page: 3 };
     store.save_checkpoint(&owner, &id, ShardId(0), checkpoint).await.unwrap();
     assert_eq!(store.claim_idempotency_key(&owner, "key", &id, hour).await.unwrap(), None);
 
@@ -315,7 +319,7 @@ async fn a_reopened_embedded_ledger_has_lost_nothing() {
         store.import(&subs).await.unwrap();
         let page =
             store.scan_shard(&tenant, &Audience::Everyone, ShardId(1), ScanCursor::START, 5).await.unwrap();
-        let checkpoint = ShardCheckpoint { cursor: page.next.unwrap(), next_page: 1 };
+        let checkpoint = ShardCheckpoint { cursor: page.next, next_page: 1 };
         store.claim_idempotency_key(&tenant, "k", &id, Duration::from_secs(3600)).await.unwrap();
         store.create_broadcast(&tenant, &id, 2, UnixSeconds(9)).await.unwrap();
         let rejected = BroadcastCounts { rejected: 2, ..Default::default() };
@@ -348,7 +352,7 @@ async fn redis_ledger_keys_expire_together() {
         .add_progress(&tenant, &id, "result/0/0", &delta(rejected, &[(rejection(400, "x"), 1)]))
         .await
         .unwrap();
-    let checkpoint = ShardCheckpoint { cursor: ScanCursor::START, next_page: 1 };
+    let checkpoint = ShardCheckpoint { cursor: Some(ScanCursor::START), next_page: 1 };
     store.save_checkpoint(&tenant, &id, ShardId(0), checkpoint).await.unwrap();
 
     let client = redis::Client::open(common::redis_url()).unwrap();
