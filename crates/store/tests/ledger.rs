@@ -206,7 +206,8 @@ async fn checkpoints_round_trip(store: &dyn Store) {
     assert_eq!(loaded, resume);
 
     // The loaded cursor resumes the scan where the original one would.
-    let resumed = store.scan_shard(&tenant, &Audience::Everyone, shard, loaded.cursor.unwrap(), 10).await.unwrap();
+    let resumed =
+        store.scan_shard(&tenant, &Audience::Everyone, shard, loaded.cursor.unwrap(), 10).await.unwrap();
     let original = store.scan_shard(&tenant, &Audience::Everyone, shard, mid, 10).await.unwrap();
     assert_eq!(resumed, original);
     assert!(!resumed.subscriptions.is_empty());

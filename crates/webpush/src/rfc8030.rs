@@ -139,7 +139,7 @@ pub fn build_request(
             headers.insert("crypto-key", header_value(&crypto_key));
         }
         _ => {
-            headers.insert(AUTHORIZATION, header_value(&vapid.authorization));
+            headers.insert(AUTHORIZATION, vapid.authorization_header.clone());
         }
     }
     request

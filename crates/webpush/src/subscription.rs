@@ -155,6 +155,19 @@ impl SubscriptionKeys {
         Ok(Self { p256dh, auth })
     }
 
+    /// Keys read back from storage that validated them when they were written. Only the
+    /// uncompressed-point prefix is checked: both encryption backends check the point is on the
+    /// curve again before using it, so a damaged key fails its encryption, not silently.
+    pub fn from_stored(
+        p256dh: [u8; P256_PUBLIC_KEY_LEN],
+        auth: [u8; AUTH_SECRET_LEN],
+    ) -> Result<Self, SubscriptionError> {
+        if p256dh[0] != 0x04 {
+            return Err(SubscriptionError::P256dhNotUncompressed(p256dh[0]));
+        }
+        Ok(Self { p256dh, auth })
+    }
+
     /// Decodes and validates the base64url strings a browser gives (padding optional).
     pub fn from_base64(p256dh: &str, auth: &str) -> Result<Self, SubscriptionError> {
         let p256dh = b64::decode(p256dh).map_err(|_| SubscriptionError::P256dhNotBase64)?;
@@ -251,6 +264,31 @@ mod tests {
         "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
     const AUTH: &str = "BTBZMqHH6r4Tts7J_aSIgg";
     const ENDPOINT: &str = "https://fcm.googleapis.com/fcm/send/dGhpcyBpcyBzZWNyZXQ:APA91bH";
+
+    #[test]
+    fn stored_keys_off_the_curve_fail_their_encryption_on_every_backend() {
+        let valid = SubscriptionKeys::from_base64(UA_PUBLIC, AUTH).unwrap();
+        assert_eq!(SubscriptionKeys::from_stored(*valid.p256dh(), *valid.auth()).unwrap(), valid);
+        let mut damaged = *valid.p256dh();
+        damaged[64] ^= 1;
+        let stored = SubscriptionKeys::from_stored(damaged, *valid.auth()).unwrap();
+        for backend in crate::Backend::ALL {
+            let result = crate::encrypt(
+                backend,
+                &stored,
+                crate::ContentEncoding::Aes128gcm,
+                b"hi",
+                &crate::Padding::None,
+            );
+            assert!(result.is_err(), "{backend:?} encrypted for a point off the curve");
+        }
+        let mut hybrid = *valid.p256dh();
+        hybrid[0] = 0x06;
+        assert_eq!(
+            SubscriptionKeys::from_stored(hybrid, *valid.auth()),
+            Err(SubscriptionError::P256dhNotUncompressed(0x06))
+        );
+    }
 
     fn json(endpoint: &str, p256dh: &str, auth: &str) -> String {
         format!(

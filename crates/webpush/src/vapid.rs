@@ -212,6 +212,8 @@ pub struct VapidToken {
     pub expires_at: u64,
     /// `vapid t=<jwt>, k=<public key>`, the RFC 8292 `Authorization` header value.
     pub authorization: String,
+    /// The same, built once: every push to the origin clones it instead of copying the text.
+    pub authorization_header: http::HeaderValue,
     /// The signer's public key, base64url: `k=`, and `p256ecdsa=` for the legacy encoding.
     pub public_key_base64: String,
 }
@@ -256,7 +258,15 @@ impl VapidSigner {
         let expires_at = now_unix + self.validity.as_secs();
         let jwt = self.key.sign(&Claims { aud: audience, exp: expires_at, sub: self.subject.as_str() });
         let authorization = format!("vapid t={jwt}, k={}", self.key.public_base64());
-        VapidToken { jwt, expires_at, authorization, public_key_base64: self.key.public_base64().to_owned() }
+        let authorization_header =
+            http::HeaderValue::from_str(&authorization).expect("base64url and ASCII are valid header values");
+        VapidToken {
+            jwt,
+            expires_at,
+            authorization,
+            authorization_header,
+            public_key_base64: self.key.public_base64().to_owned(),
+        }
     }
 }
 
