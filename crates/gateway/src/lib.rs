@@ -24,7 +24,7 @@ use pushfan_webpush::vapid::TokenCache;
 use pushfan_webpush::{build_request, classify, EncryptedPush, Endpoint, PushOptions};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, warn};
 
 pub use retry::{Attempt, FinalOutcome, Next, RetryPolicy};
 
@@ -159,7 +159,6 @@ impl Gateway {
         message: &'a Message,
         deliveries: Vec<Delivery<T>>,
     ) -> impl Stream<Item = Report<T>> + Send + 'a {
-        let span = tracing::info_span!("gateway.send_all", deliveries = deliveries.len());
         // Resolve each origin once per call rather than taking the shared map's lock per push.
         let mut local: HashMap<String, Arc<Origin>> = HashMap::new();
         let routed: Vec<(Arc<Origin>, Delivery<T>)> = deliveries
@@ -177,8 +176,10 @@ impl Gateway {
                 (origin, delivery)
             })
             .collect();
+        // No span per delivery: entering one on every poll cost more than the push's own
+        // bookkeeping. The caller's span (the batch's) is current whenever the stream is polled.
         stream::iter(routed)
-            .map(move |(origin, delivery)| self.deliver(message, origin, delivery).instrument(span.clone()))
+            .map(move |(origin, delivery)| self.deliver(message, origin, delivery))
             .buffer_unordered(self.inner.config.max_in_flight)
     }
 

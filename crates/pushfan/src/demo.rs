@@ -97,7 +97,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     import(&mut clients, sim.population(), args.quiet).await?;
     println!("registered {} subscribers in {:.1?}", args.subscribers, started.elapsed());
 
-    let crypto_sample: Vec<_> = (0..args.subscribers.min(2_000))
+    let crypto_sample: Vec<_> = (0..args.subscribers.min(5_000))
         .map(|i| sim.population().keys(i).subscription_keys().clone())
         .collect();
     let mut all_valid = true;
