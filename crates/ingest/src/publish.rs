@@ -20,12 +20,14 @@
 //! at-least-once bus, some of its pushes may go out twice. That is the price of never answering
 //! with a broadcast that was not queued.
 //!
+//! A retry whose own send fails releases the `published:K` claim it made while checking, so a
+//! third attempt queues the broadcast again rather than being wrongly deduplicated.
+//!
 //! Why not publish first and claim after: two concurrent duplicates would both publish before
 //! either claimed. Why not claim once: after a failed send, every retry within 24 hours would be
-//! answered with an id that was never queued. What remains: if the retry's own send also fails,
-//! its `published:K` claim was already made, so a third attempt is wrongly deduplicated; and a
-//! retry racing a first attempt that is still sending (a window of one bus send) queues the id
-//! twice, as above. A ledger "release" or plain read of a claim would close both gaps.
+//! answered with an id that was never queued. What remains: a retry racing a first attempt that
+//! is still sending (a window of one bus send) queues the id twice, as above; and a request
+//! racing a retry whose send then fails may be answered with the id in that window.
 
 use std::time::{Duration, SystemTime};
 
@@ -87,7 +89,14 @@ impl<B: Bus> PublishApi<B> {
                 }
                 tracing::info!(broadcast = %earlier, "repeated publish whose first send failed: queueing it again");
                 message.broadcast_id = earlier.to_string();
-                self.send(&message).await?;
+                if let Err(error) = self.send(&message).await {
+                    // Checking `published:K` claimed it; give it back, or the next retry would be
+                    // answered with a broadcast that was never queued.
+                    if let Err(release) = ledger.release_idempotency_key(tenant, &published, &earlier).await {
+                        tracing::warn!(broadcast = %earlier, error = %release, "could not release a failed publish's claim");
+                    }
+                    return Err(error);
+                }
                 return Ok(message.broadcast_id);
             }
         };

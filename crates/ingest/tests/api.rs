@@ -393,6 +393,10 @@ async fn a_publish_the_bus_refused_is_retried_under_its_first_id() {
     let keyed = v1::PublishRequest { idempotency_key: "retry-me".into(), ..to_topic("news", b"second") };
     let refused = publish(&h, ACME_KEY, keyed.clone()).await.expect_err("bus full");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    // A retry that finds the bus still full fails too, and must not leave the key looking
+    // published: the next retry still has to queue it.
+    let refused_again = publish(&h, ACME_KEY, keyed.clone()).await.expect_err("bus still full");
+    assert_eq!(refused_again.code(), Code::Unavailable, "{refused_again:?}");
 
     let mut queue = h.queue();
     assert_eq!(next_queued(&mut queue).await.broadcast_id, filler);

@@ -179,6 +179,16 @@ pub trait BroadcastLedger: Send + Sync + fmt::Debug {
         ttl: Duration,
     ) -> Result<Option<BroadcastId>, StoreError>;
 
+    /// Gives up a claim of `key` made for `broadcast`, so the next claim of the key is new.
+    /// Returns whether a claim was released: a claim held for another broadcast, or none, is
+    /// left as it is. For a claimant whose work behind the claim failed.
+    async fn release_idempotency_key(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        broadcast: &BroadcastId,
+    ) -> Result<bool, StoreError>;
+
     /// Records a broadcast split into `shards_total` shards. Creating it again changes nothing:
     /// the first `shards_total` and `at` stay.
     async fn create_broadcast(

@@ -75,6 +75,17 @@ async fn idempotency_keys_claim_conflict_and_expire(store: &dyn Store) {
     assert_eq!(store.claim_idempotency_key(&tenant, odd, &second, hour).await.unwrap(), None);
     assert_eq!(store.claim_idempotency_key(&tenant, odd, &first, hour).await.unwrap(), Some(second.clone()));
 
+    // Only the claim's holder releases it; then the key is free again.
+    assert!(!store.release_idempotency_key(&tenant, "order-1", &second).await.unwrap());
+    assert!(!store.release_idempotency_key(&tenant, "never-claimed", &first).await.unwrap());
+    assert!(store.release_idempotency_key(&tenant, "order-1", &first).await.unwrap());
+    assert!(!store.release_idempotency_key(&tenant, "order-1", &first).await.unwrap(), "already released");
+    assert_eq!(store.claim_idempotency_key(&tenant, "order-1", &second, hour).await.unwrap(), None);
+    assert_eq!(
+        store.claim_idempotency_key(&tenant, "order-1", &first, hour).await.unwrap(),
+        Some(second.clone())
+    );
+
     // A claim expires after its TTL; then the key is free again.
     let second_ttl = Duration::from_secs(1);
     assert_eq!(store.claim_idempotency_key(&tenant, "short", &first, second_ttl).await.unwrap(), None);

@@ -73,6 +73,21 @@ impl Inner {
         Ok(None)
     }
 
+    fn release(&self, tenant: &TenantId, key: &str, broadcast: &BroadcastId) -> Result<bool, StoreError> {
+        let stored_key = keys::embedded_idempotency(tenant, key);
+        let _writer = self.ledger_lock();
+        let Some(stored) = self.ledger.get(&stored_key)? else { return Ok(false) };
+        let corrupt = || StoreError::CorruptLedger { what: "idempotency claim" };
+        let (_, holder) = stored.split_first_chunk::<8>().ok_or_else(corrupt)?;
+        if holder != broadcast.as_str().as_bytes() {
+            return Ok(false);
+        }
+        let mut batch = self.write_batch();
+        batch.remove(&self.ledger, stored_key);
+        batch.commit()?;
+        Ok(true)
+    }
+
     fn create_broadcast(
         &self,
         tenant: &TenantId,
@@ -221,6 +236,18 @@ impl BroadcastLedger for EmbeddedStore {
         observe(BACKEND, "claim_idempotency_key", ledger::check_label("idempotency key", key))?;
         let (tenant, key, broadcast) = (tenant.clone(), key.to_owned(), broadcast.clone());
         self.blocking("claim_idempotency_key", move |inner| inner.claim(&tenant, &key, &broadcast, ttl)).await
+    }
+
+    #[instrument(name = "store.release_idempotency_key", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast))]
+    async fn release_idempotency_key(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        broadcast: &BroadcastId,
+    ) -> Result<bool, StoreError> {
+        observe(BACKEND, "release_idempotency_key", ledger::check_label("idempotency key", key))?;
+        let (tenant, key, broadcast) = (tenant.clone(), key.to_owned(), broadcast.clone());
+        self.blocking("release_idempotency_key", move |inner| inner.release(&tenant, &key, &broadcast)).await
     }
 
     #[instrument(name = "store.create_broadcast", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, shards_total))]

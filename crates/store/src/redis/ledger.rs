@@ -84,12 +84,22 @@ return {
 }
 ";
 
+/// Deletes an idempotency claim only if it still names the given broadcast.
+const RELEASE_SCRIPT: &str = r"
+-- KEYS[1]: the claim. ARGV[1]: the broadcast id it must hold. Returns 1 if deleted.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 /// The ledger's scripts, hashed once per store.
 pub(super) struct Scripts {
     create: Script,
     progress: Script,
     checkpoint: Script,
     status: Script,
+    release: Script,
 }
 
 impl Scripts {
@@ -99,6 +109,7 @@ impl Scripts {
             progress: Script::new(PROGRESS_SCRIPT),
             checkpoint: Script::new(CHECKPOINT_SCRIPT),
             status: Script::new(STATUS_SCRIPT),
+            release: Script::new(RELEASE_SCRIPT),
         }
     }
 }
@@ -185,6 +196,29 @@ impl BroadcastLedger for RedisStore {
         }
         .await;
         observe(BACKEND, "claim_idempotency_key", result)
+    }
+
+    #[instrument(name = "store.release_idempotency_key", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast))]
+    async fn release_idempotency_key(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        broadcast: &BroadcastId,
+    ) -> Result<bool, StoreError> {
+        let result = async {
+            ledger::check_label("idempotency key", key)?;
+            // Compare and delete in one step, so a claim another request made since stays.
+            let released: i64 = self
+                .ledger_scripts
+                .release
+                .key(keys::idempotency(tenant, key))
+                .arg(broadcast.as_str())
+                .invoke_async(&mut self.connection())
+                .await?;
+            Ok(released == 1)
+        }
+        .await;
+        observe(BACKEND, "release_idempotency_key", result)
     }
 
     #[instrument(name = "store.create_broadcast", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, shards_total))]
