@@ -280,6 +280,7 @@ pub fn broadcast_message(id: &str, status: &BroadcastStatus) -> v1::Broadcast {
         shards_done: counts.shards_done,
         complete: status.is_complete(),
         create_time: Some(timestamp(status.created_at)),
+        handed_on: counts.handed_on,
     }
 }
 

@@ -119,6 +119,7 @@ async fn send_results<B: Bus>(
         counts: Some(counts),
         gone_subscription_ids,
         rejections,
+        page_counts: batch.page_counts,
     };
     pipeline.bus.publish(&results, context).await?;
     Ok(())

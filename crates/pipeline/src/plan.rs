@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pushfan_bus::messages::{
-    self as bus, target, DeliveryBatch, OutcomeCounts, PublishRequest, Rejection, ShardJob,
+    self as bus, target, DeliveryBatch, OutcomeCounts, PageCounts, PublishRequest, Rejection, ShardJob,
 };
 use pushfan_gateway::{FinalOutcome, Report};
 use pushfan_store::ledger::{BroadcastCounts, BroadcastId, ProgressDelta, RejectionReason};
@@ -187,10 +187,15 @@ pub fn add_rejection(rejections: &mut Vec<Rejection>, status: u32, reason: &str,
     }
 }
 
-/// What a delivery batch's results add to its broadcast's progress.
-pub fn progress(counts: &OutcomeCounts, rejections: &[Rejection]) -> ProgressDelta {
+/// What a delivery batch's results, with the worker's counts for its subscriptions, add to its
+/// broadcast's progress: one step, so both halves come from the same version of the batch.
+pub fn progress(counts: &OutcomeCounts, page: PageCounts, rejections: &[Rejection]) -> ProgressDelta {
     ProgressDelta {
         counts: BroadcastCounts {
+            targeted: page.targeted,
+            encrypted: page.encrypted,
+            encrypt_failed: page.encrypt_failed,
+            batches_done: 1,
             accepted: counts.delivered,
             gone: counts.gone,
             pruned: counts.pruned,
@@ -345,10 +350,13 @@ mod tests {
         );
         assert_eq!(gone, vec![id(2)]);
         assert_eq!(rejections, vec![Rejection { http_status: 403, reason: "BadJwtToken".into(), count: 2 }]);
-        let delta = progress(&OutcomeCounts { pruned: 1, ..counts }, &rejections);
+        let page = PageCounts { targeted: 8, encrypted: 7, encrypt_failed: 1 };
+        let delta = progress(&OutcomeCounts { pruned: 1, ..counts }, page, &rejections);
         assert_eq!(delta.counts.failed, 2);
         assert_eq!(delta.counts.pruned, 1);
-        assert_eq!(delta.counts.finished(), 7);
+        // The worker's counts come in the same step: the batch closes its own subscriptions.
+        assert_eq!((delta.counts.targeted, delta.counts.encrypted, delta.counts.batches_done), (8, 7, 1));
+        assert_eq!(delta.counts.finished(), 8);
     }
 
     #[test]

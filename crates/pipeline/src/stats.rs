@@ -25,7 +25,7 @@ async fn record<B: Bus>(
 ) -> Result<(), HandleError> {
     let (tenant, broadcast) = plan::identity(&results.tenant, &results.broadcast_id)?;
     let counts = results.counts.unwrap_or_default();
-    let delta = plan::progress(&counts, &results.rejections);
+    let delta = plan::progress(&counts, results.page_counts.unwrap_or_default(), &results.rejections);
     let step = plan::result_step(results.shard_index, results.batch_seq);
     pipeline.ledger.add_progress(&tenant, &broadcast, &step, &delta).await?;
     Ok(())

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::future::try_join_all;
-use pushfan_bus::messages::{DeliveryBatch, PublishRequest, ShardJob};
+use pushfan_bus::messages::{DeliveryBatch, PageCounts, PublishRequest, ShardJob};
 use pushfan_bus::{Bus, MessageContext};
 use pushfan_store::ledger::{BroadcastCounts, ProgressDelta, ShardCheckpoint};
 use pushfan_store::{ContentEncodings, ScanCursor, ShardId, Subscription, UnixSeconds, VapidKeyId};
@@ -132,7 +132,8 @@ struct Pages<'a, B: Bus> {
 
 impl<B: Bus> Pages<'_, B> {
     /// Encrypts page `page` on the rayon pool, sends one delivery batch per VAPID key, then
-    /// records the page's counts.
+    /// records the page as handed on. The page's counts travel with its batches (see
+    /// `PageCounts`); only a page that sends nothing is counted here.
     async fn hand_on(&self, page: u32, subscriptions: Vec<Subscription>) -> Result<(), HandleError> {
         if subscriptions.is_empty() {
             return Ok(());
@@ -146,6 +147,7 @@ impl<B: Bus> Pages<'_, B> {
         // would only be dropped by the push service.
         if ttl > 0 && SystemTime::now() >= plan::system_time(job.expires_at_ms) {
             counts.expired = targeted;
+            metrics::counter!("pushfan_worker_expired_total").increment(targeted);
         } else {
             let (subscriptions, results) = self.encrypt(subscriptions).await;
             let mut by_key: BTreeMap<VapidKeyId, Vec<_>> = BTreeMap::new();
@@ -170,25 +172,43 @@ impl<B: Bus> Pages<'_, B> {
                 }
                 .into());
             }
-            counts.encrypted = targeted - counts.encrypt_failed;
+            let encrypt_failed = counts.encrypt_failed;
+            metrics::counter!("pushfan_worker_encrypted_total").increment(targeted - encrypt_failed);
+            metrics::counter!("pushfan_worker_encrypt_failed_total").increment(encrypt_failed);
             let batches: Vec<DeliveryBatch> = by_key
                 .into_iter()
                 .enumerate()
-                .map(|(group, (key, deliveries))| DeliveryBatch {
-                    broadcast_id: job.broadcast_id.clone(),
-                    tenant: job.tenant.clone(),
-                    options: job.options.clone(),
-                    vapid_key_id: key.0.to_string(),
-                    expires_at_ms: job.expires_at_ms,
-                    deliveries,
-                    shard_index: job.shard_index,
-                    batch_seq: plan::batch_seq(page, group),
+                .map(|(group, (key, deliveries))| {
+                    let encrypted = deliveries.len() as u64;
+                    // The first batch also carries the page's encryption failures.
+                    let failed_here = if group == 0 { encrypt_failed } else { 0 };
+                    DeliveryBatch {
+                        broadcast_id: job.broadcast_id.clone(),
+                        tenant: job.tenant.clone(),
+                        options: job.options.clone(),
+                        vapid_key_id: key.0.to_string(),
+                        expires_at_ms: job.expires_at_ms,
+                        deliveries,
+                        shard_index: job.shard_index,
+                        batch_seq: plan::batch_seq(page, group),
+                        page_counts: Some(PageCounts {
+                            targeted: encrypted + failed_here,
+                            encrypted,
+                            encrypt_failed: failed_here,
+                        }),
+                    }
                 })
                 .collect();
-            try_join_all(batches.iter().map(|batch| self.pipeline.bus.publish(batch, self.context))).await?;
+            if !batches.is_empty() {
+                try_join_all(batches.iter().map(|batch| self.pipeline.bus.publish(batch, self.context)))
+                    .await?;
+                counts = BroadcastCounts {
+                    handed_on: targeted - encrypt_failed,
+                    batches_sent: batches.len() as u64,
+                    ..Default::default()
+                };
+            }
         }
-        metrics::counter!("pushfan_worker_encrypted_total").increment(counts.encrypted);
-        metrics::counter!("pushfan_worker_encrypt_failed_total").increment(counts.encrypt_failed);
         let delta = ProgressDelta { counts, ..Default::default() };
         self.pipeline
             .ledger

@@ -86,10 +86,12 @@ impl Clients {
                 + broadcast.failed
                 + broadcast.expired
                 + broadcast.encrypt_failed;
-            bar.set_length(broadcast.targeted);
+            // Results (and with them `targeted`) trail what the workers have handed on.
+            bar.set_length(broadcast.targeted.max(broadcast.handed_on + broadcast.encrypt_failed));
             bar.set_position(finished);
             bar.set_message(format!(
-                "accepted {}  gone {}  rejected {}  failed {}  shards {}/{}",
+                "handed on {}  accepted {}  gone {}  rejected {}  failed {}  shards {}/{}",
+                broadcast.handed_on,
                 broadcast.accepted,
                 broadcast.gone,
                 broadcast.rejected,

@@ -338,7 +338,7 @@ extra_root_certs = ["{ca}"]
             if broadcast.complete {
                 break broadcast;
             }
-            if killed_at.is_none() && broadcast.encrypted > 0 {
+            if killed_at.is_none() && broadcast.handed_on > 0 {
                 // SIGKILL: no chance to commit or leave the group, like a node that dies.
                 workers.remove(0);
                 killed_at = Some(broadcast.clone());

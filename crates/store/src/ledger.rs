@@ -88,6 +88,12 @@ pub struct BroadcastCounts {
     pub expired: u64,
     /// Shards whose scan has finished.
     pub shards_done: u64,
+    /// Encrypted pushes handed to the gateways: the workers' progress, ahead of the results.
+    pub handed_on: u64,
+    /// Delivery batches handed to the gateways.
+    pub batches_sent: u64,
+    /// Delivery batches whose results are counted.
+    pub batches_done: u64,
 }
 
 impl BroadcastCounts {
@@ -108,6 +114,9 @@ impl BroadcastCounts {
         self.failed += other.failed;
         self.expired += other.expired;
         self.shards_done += other.shards_done;
+        self.handed_on += other.handed_on;
+        self.batches_sent += other.batches_sent;
+        self.batches_done += other.batches_done;
     }
 }
 
@@ -143,9 +152,11 @@ pub struct BroadcastStatus {
 }
 
 impl BroadcastStatus {
-    /// Every shard scanned and every targeted subscription finished.
+    /// Every shard scanned, every batch handed on reported, every targeted subscription finished.
     pub fn is_complete(&self) -> bool {
-        self.counts.shards_done >= self.shards_total && self.counts.finished() >= self.counts.targeted
+        self.counts.shards_done >= self.shards_total
+            && self.counts.batches_done >= self.counts.batches_sent
+            && self.counts.finished() >= self.counts.targeted
     }
 }
 
@@ -258,7 +269,7 @@ pub(crate) type CounterField = fn(&mut BroadcastCounts) -> &mut u64;
 /// Each counter's stored name (a Redis hash field, an embedded key suffix) and its field. The
 /// names are stored data: never rename one. A stored name missing here (written by a newer
 /// version) is ignored on read.
-pub(crate) const COUNT_FIELDS: [(&str, CounterField); 10] = [
+pub(crate) const COUNT_FIELDS: [(&str, CounterField); 13] = [
     ("targeted", |c| &mut c.targeted),
     ("encrypted", |c| &mut c.encrypted),
     ("encrypt_failed", |c| &mut c.encrypt_failed),
@@ -269,6 +280,9 @@ pub(crate) const COUNT_FIELDS: [(&str, CounterField); 10] = [
     ("failed", |c| &mut c.failed),
     ("expired", |c| &mut c.expired),
     ("shards_done", |c| &mut c.shards_done),
+    ("handed_on", |c| &mut c.handed_on),
+    ("batches_sent", |c| &mut c.batches_sent),
+    ("batches_done", |c| &mut c.batches_done),
 ];
 
 impl BroadcastCounts {
@@ -338,7 +352,7 @@ mod tests {
         }
         // Every field got its own value, so no two names share a field.
         let values: Vec<u64> = counts.nonzero().map(|(_, v)| v).collect();
-        assert_eq!(values, (1..=10).collect::<Vec<_>>());
+        assert_eq!(values, (1..=13).collect::<Vec<_>>());
         assert_eq!(counts.finished(), 3 + 4 + 5 + 7 + 8 + 9);
         assert!(counts.named_mut("unknown").is_none());
         assert_eq!(BroadcastCounts::default().nonzero().count(), 0);
