@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cpu_time::ProcessTime;
-use pushfan_bus::messages::{ContentEncoding, Delivery, DeliveryBatch, PushOptions};
+use pushfan_bus::messages::{ContentEncoding, Delivery, DeliveryBatch, PageCounts, PushOptions};
 use pushfan_bus::{Bus, EmbeddedBus, EmbeddedConfig, KafkaBus, KafkaConfig, MessageContext, TopicNames};
 use tokio::task::JoinSet;
 
@@ -77,6 +77,11 @@ fn batches(count: usize) -> Vec<DeliveryBatch> {
                     aesgcm: None,
                 })
                 .collect(),
+            page_counts: Some(PageCounts {
+                targeted: BATCH as u64,
+                encrypted: BATCH as u64,
+                encrypt_failed: 0,
+            }),
         })
         .collect()
 }
