@@ -28,6 +28,12 @@ pub struct TlsIdentity {
 impl TlsIdentity {
     /// A fresh CA and server certificate, valid for the loopback names.
     pub fn generate() -> Result<Arc<Self>, TlsError> {
+        Self::generate_for(&[])
+    }
+
+    /// A fresh CA and server certificate valid for the loopback names and `extra_names` (the
+    /// DNS name senders reach the server by, e.g. a Kubernetes Service).
+    pub fn generate_for(extra_names: &[String]) -> Result<Arc<Self>, TlsError> {
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.distinguished_name.push(DnType::CommonName, "pushsim test CA");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -36,7 +42,8 @@ impl TlsIdentity {
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca_params, ca_key);
 
-        let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned(), "::1".to_owned()];
+        let mut names = vec!["127.0.0.1".to_owned(), "localhost".to_owned(), "::1".to_owned()];
+        names.extend(extra_names.iter().cloned());
         let mut server_params = CertificateParams::new(names)?;
         server_params.distinguished_name.push(DnType::CommonName, "pushsim");
         let server_key = KeyPair::generate()?;
