@@ -43,11 +43,14 @@ pub struct FleetNetwork {
     /// The host senders use instead of the bound address (e.g. a Kubernetes Service name); the
     /// certificate names it too.
     pub public_host: Option<String>,
+    /// Issue the fleet's certificate from this CA (PEM certificate and key) instead of a fresh
+    /// one, so a pushfan deployed beforehand already trusts it.
+    pub ca: Option<(String, String)>,
 }
 
 impl Default for FleetNetwork {
     fn default() -> Self {
-        Self { bind: IpAddr::V4(Ipv4Addr::LOCALHOST), port_base: 0, public_host: None }
+        Self { bind: IpAddr::V4(Ipv4Addr::LOCALHOST), port_base: 0, public_host: None, ca: None }
     }
 }
 
@@ -88,9 +91,10 @@ impl Fleet {
         network: &FleetNetwork,
         observer: Arc<dyn Observer>,
     ) -> Result<Self, FleetError> {
-        let tls = match &network.public_host {
-            Some(host) => TlsIdentity::generate_for(std::slice::from_ref(host))?,
-            None => TlsIdentity::generate()?,
+        let names: Vec<String> = network.public_host.iter().cloned().collect();
+        let tls = match &network.ca {
+            Some((cert, key)) => TlsIdentity::from_ca(cert, key, &names)?,
+            None => TlsIdentity::generate_for(&names)?,
         };
         let population = Population::new(scenario.seed, scenario.subscribers);
         let mut origins = Vec::with_capacity(scenario.origins.len());

@@ -47,13 +47,19 @@ struct Args {
     /// the certificate.
     #[arg(long, requires = "fleet_port_base")]
     fleet_host: Option<String>,
+    /// Issue the fleet's certificate from this CA certificate (PEM), which pushfan trusts.
+    #[arg(long, requires = "fleet_ca_key")]
+    fleet_ca_cert: Option<PathBuf>,
+    /// The CA's private key (PEM), with --fleet-ca-cert.
+    #[arg(long, requires = "fleet_ca_cert")]
+    fleet_ca_key: Option<PathBuf>,
     /// Where the fleet's CA certificate is written (for an attached pushfan to trust).
     #[arg(long)]
     ca_out: Option<PathBuf>,
     /// Directory of peer programs.
     #[arg(long, default_value = "loadtest/peers")]
     peers_dir: PathBuf,
-    /// Directory for `<scenario>.json` and `<scenario>.svg`.
+    /// Directory for `<scenario>-<subscribers>.json` and `.svg`.
     #[arg(long, default_value = "loadtest/results")]
     out: PathBuf,
     /// No progress bars.
@@ -84,12 +90,20 @@ async fn main() -> anyhow::Result<()> {
         }
         None => Mode::Spawn { binary: args.pushfan.map_or_else(default_pushfan, Ok)? },
     };
+    let ca = match (&args.fleet_ca_cert, &args.fleet_ca_key) {
+        (Some(cert), Some(key)) => Some((
+            std::fs::read_to_string(cert).with_context(|| format!("reading {}", cert.display()))?,
+            std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?,
+        )),
+        _ => None,
+    };
     let options = RunOptions {
         mode,
         network: FleetNetwork {
             bind: args.fleet_bind,
             port_base: args.fleet_port_base,
             public_host: args.fleet_host,
+            ca,
         },
         peers_dir: args.peers_dir,
         progress: !args.quiet,
@@ -98,9 +112,11 @@ async fn main() -> anyhow::Result<()> {
     let report = pushfan_loadtest::run(&scenario, &options).await?;
     print!("{}", report.summary());
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let json = args.out.join(format!("{}.json", scenario.name));
+    // The size is in the name: the same scenario is often run at several sizes.
+    let stem = format!("{}-{}", scenario.name, scenario.subscribers);
+    let json = args.out.join(format!("{stem}.json"));
     report.write_json(&json).with_context(|| format!("writing {}", json.display()))?;
-    let svg = args.out.join(format!("{}.svg", scenario.name));
+    let svg = args.out.join(format!("{stem}.svg"));
     report.write_svg(&svg)?;
     println!("results: {} and {}", json.display(), svg.display());
     anyhow::ensure!(

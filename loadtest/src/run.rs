@@ -71,6 +71,9 @@ pub enum RunError {
     /// The population.
     #[error("{0}")]
     Population(#[from] pushfan_pushsim::PopulationError),
+    /// pushfan's answers do not fit together.
+    #[error("pushfan's answers are inconsistent: {0}")]
+    Inconsistent(String),
     /// The watch ended early.
     #[error("watching broadcast {0}: the stream ended before it completed")]
     WatchEnded(String),
@@ -217,9 +220,10 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     Ok(report)
 }
 
-/// The payload: `n` bytes of printable text.
+/// The payload: `n` times `x`, the bytes the peer contract's senders use too, so one fleet
+/// checks every sender's messages against the same plaintext.
 fn payload(n: usize) -> Vec<u8> {
-    b"pushfan load test ".iter().copied().cycle().take(n).collect()
+    vec![b'x'; n]
 }
 
 async fn crypto(fleet: &Fleet, payload: &Bytes) -> Duration {
@@ -308,12 +312,16 @@ fn expected_counts(scenario: &Scenario, fleet: &Fleet) -> Result<Expected, RunEr
         targeted: 0,
     };
     for i in 0..scenario.subscribers {
-        let targeted = match &target {
-            Target::Everyone => true,
-            Target::Topic(topic) => scenario.is_member(topic, i),
+        let times = match &target {
+            Target::Everyone => broadcasts,
+            Target::Topic(topic) => broadcasts * u32::from(scenario.is_member(topic, i)),
+            Target::Single => {
+                (0..broadcasts).filter(|&k| u64::from(k) % scenario.subscribers == i).count() as u32
+            }
         };
+        let targeted = times > 0;
         let gone = fleet.is_permanently_gone(scenario, i);
-        let n = if targeted && !gone { broadcasts } else { 0 };
+        let n = if gone { 0 } else { times };
         expected.targeted += u64::from(targeted);
         expected.gone += u64::from(targeted && gone);
         expected.total += u64::from(n);
@@ -347,9 +355,17 @@ async fn publish_all(
             }
         })
     };
-    let target = match scenario.target()? {
-        Target::Everyone => ProtoTarget::Everyone(Everyone {}),
-        Target::Topic(topic) => ProtoTarget::Topic(topic),
+    let mut client_for_ids = client.clone();
+    let ids = match scenario.target()? {
+        Target::Single => subscription_ids(&mut client_for_ids, scenario).await?,
+        _ => Vec::new(),
+    };
+    let target = |seq: u32| match scenario.target() {
+        Ok(Target::Topic(topic)) => ProtoTarget::Topic(topic),
+        Ok(Target::Single) => {
+            ProtoTarget::SubscriptionId(ids[(u64::from(seq) % scenario.subscribers) as usize].clone())
+        }
+        _ => ProtoTarget::Everyone(Everyone {}),
     };
     let payload = Bytes::from(payload(scenario.publish.payload_bytes));
     let mut tasks = tokio::task::JoinSet::new();
@@ -362,7 +378,7 @@ async fn publish_all(
             client.clone(),
             collector.clone(),
             seq,
-            target.clone(),
+            target(seq),
             payload.clone(),
             scenario.publish.ttl_secs,
         );
@@ -517,6 +533,50 @@ async fn verify(
         ledger_pruned,
         subscriptions_remaining: remaining,
     })
+}
+
+/// Every subscriber's subscription id, by index, from listing the store (endpoints end in
+/// `/push/<index>`).
+async fn subscription_ids(client: &mut Api, scenario: &Scenario) -> Result<Vec<String>, RunError> {
+    let count = scenario.subscribers;
+    if count > LIST_LIMIT {
+        return Err(RunError::Scenario(crate::scenario::ScenarioError::Invalid {
+            scenario: scenario.name.clone(),
+            key: "publish.target".into(),
+            problem: format!("`single` lists every subscription; at most {LIST_LIMIT} subscribers"),
+        }));
+    }
+    let mut ids = vec![String::new(); count as usize];
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .subscriptions
+            .list_subscriptions(ListSubscriptionsRequest {
+                topic: String::new(),
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .map_err(api("list subscriptions"))?
+            .into_inner();
+        for subscription in page.subscriptions {
+            let index =
+                subscription.endpoint.rsplit_once("/push/").and_then(|(_, i)| i.parse::<usize>().ok());
+            if let Some(slot) = index.and_then(|i| ids.get_mut(i)) {
+                *slot = subscription.subscription_id;
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    match ids.iter().position(String::is_empty) {
+        Some(missing) => {
+            Err(RunError::Inconsistent(format!("no subscription id listed for subscriber {missing}")))
+        }
+        None => Ok(ids),
+    }
 }
 
 /// Counts the tenant's subscriptions by listing them.

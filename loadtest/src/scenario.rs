@@ -89,7 +89,8 @@ pub struct PublishSpec {
     /// Broadcasts started per second; 0 sends each after the previous one finished.
     #[serde(default)]
     pub rate_per_sec: f64,
-    /// `everyone`, or `topic:<name>` with a topic from `[topics]`.
+    /// `everyone`; `topic:<name>` with a topic from `[topics]`; or `single`: broadcast `k` goes
+    /// to subscriber `k % subscribers` alone, by subscription id (latency of one-off pushes).
     #[serde(default = "everyone")]
     pub target: String,
     /// The messages' TTL.
@@ -243,6 +244,8 @@ pub enum Target {
     Everyone,
     /// The members of a topic.
     Topic(String),
+    /// One subscriber per broadcast, in turn.
+    Single,
 }
 
 impl Scenario {
@@ -342,11 +345,12 @@ impl Scenario {
     pub fn target(&self) -> Result<Target, ScenarioError> {
         match self.publish.target.as_str() {
             "everyone" => Ok(Target::Everyone),
+            "single" => Ok(Target::Single),
             other => match other.strip_prefix("topic:") {
                 Some(topic) if !topic.is_empty() => Ok(Target::Topic(topic.to_owned())),
                 _ => Err(self.invalid(
                     "publish.target",
-                    format!("`{other}` is neither `everyone` nor `topic:<name>`"),
+                    format!("`{other}` is not `everyone`, `single` or `topic:<name>`"),
                 )),
             },
         }
