@@ -30,6 +30,8 @@ struct Answer {
     at: Instant,
     status: Status,
     broadcast: Option<u32>,
+    /// The origin the subscriber lives on (`index % origins`).
+    origin: Option<usize>,
 }
 
 /// The fleet's [`Observer`]: forwards each answer through an unbounded channel (no lock on the
@@ -37,11 +39,17 @@ struct Answer {
 #[derive(Debug)]
 pub struct AnswerTap {
     sender: mpsc::UnboundedSender<Answer>,
+    origins: u64,
 }
 
 impl Observer for AnswerTap {
-    fn answered(&self, _index: Option<u64>, status: Status, topic: Option<&str>) {
-        let answer = Answer { at: Instant::now(), status, broadcast: topic.and_then(seq_of) };
+    fn answered(&self, index: Option<u64>, status: Status, topic: Option<&str>) {
+        let answer = Answer {
+            at: Instant::now(),
+            status,
+            broadcast: topic.and_then(seq_of),
+            origin: index.map(|i| (i % self.origins) as usize),
+        };
         // The collector outlives the fleet's traffic; a closed channel means the run is over.
         let _ = self.sender.send(answer);
     }
@@ -51,6 +59,7 @@ impl Observer for AnswerTap {
 #[derive(Debug)]
 pub struct Timeline {
     start: Instant,
+    origins: usize,
     publishes: BTreeMap<u32, Instant>,
     latency: Histogram<u64>,
     buckets: Vec<Bucket>,
@@ -62,6 +71,7 @@ pub struct Timeline {
 #[derive(Debug, Clone)]
 struct Bucket {
     accepted: u64,
+    accepted_by_origin: Vec<u64>,
     other: u64,
     latency: Histogram<u64>,
 }
@@ -76,7 +86,13 @@ impl Timeline {
         *self.answers.entry(answer.status.code()).or_default() += 1;
         let slot = (answer.at.saturating_duration_since(self.start).as_nanos() / BUCKET.as_nanos()) as usize;
         if self.buckets.len() <= slot {
-            self.buckets.resize(slot + 1, Bucket { accepted: 0, other: 0, latency: histogram() });
+            let empty = Bucket {
+                accepted: 0,
+                accepted_by_origin: vec![0; self.origins],
+                other: 0,
+                latency: histogram(),
+            };
+            self.buckets.resize(slot + 1, empty);
         }
         let bucket = &mut self.buckets[slot];
         if answer.status != Status::Created {
@@ -84,6 +100,9 @@ impl Timeline {
             return;
         }
         bucket.accepted += 1;
+        if let Some(count) = answer.origin.and_then(|o| bucket.accepted_by_origin.get_mut(o)) {
+            *count += 1;
+        }
         self.accepted += 1;
         let published = answer.broadcast.and_then(|seq| self.publishes.get(&seq));
         match published {
@@ -104,11 +123,14 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// A collector and the tap to give the fleet; `start` is time zero of the timeline.
-    pub fn start(start: Instant) -> (Collector, Arc<AnswerTap>) {
+    /// A collector and the tap to give a fleet of `origins` origins; `start` is time zero of
+    /// the timeline.
+    pub fn start(start: Instant, origins: usize) -> (Collector, Arc<AnswerTap>) {
+        let origins = origins.max(1);
         let (sender, mut receiver) = mpsc::unbounded_channel::<Answer>();
         let timeline = Arc::new(Mutex::new(Timeline {
             start,
+            origins,
             publishes: BTreeMap::new(),
             latency: histogram(),
             buckets: Vec::new(),
@@ -126,7 +148,7 @@ impl Collector {
                 }
             }
         });
-        (Collector { timeline }, Arc::new(AnswerTap { sender }))
+        (Collector { timeline }, Arc::new(AnswerTap { sender, origins: origins as u64 }))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Timeline> {
@@ -165,6 +187,11 @@ impl Collector {
             .map(|(i, b)| TimePoint {
                 t_seconds: (i - first) as f64 * BUCKET.as_secs_f64(),
                 pushes_per_sec: b.accepted as f64 / BUCKET.as_secs_f64(),
+                pushes_per_sec_by_origin: b
+                    .accepted_by_origin
+                    .iter()
+                    .map(|&n| n as f64 / BUCKET.as_secs_f64())
+                    .collect(),
                 other_answers_per_sec: b.other as f64 / BUCKET.as_secs_f64(),
                 p50_ms: quantile_ms(&b.latency, 0.5),
                 p99_ms: quantile_ms(&b.latency, 0.99),
@@ -237,6 +264,8 @@ pub struct TimePoint {
     pub t_seconds: f64,
     /// 201s per second.
     pub pushes_per_sec: f64,
+    /// The same per origin, in scenario order.
+    pub pushes_per_sec_by_origin: Vec<f64>,
     /// Other answers (410, 429, 500, …) per second.
     pub other_answers_per_sec: f64,
     /// Median publish-to-201 of the pushes accepted in this bucket.
@@ -325,7 +354,7 @@ mod tests {
     #[tokio::test]
     async fn answers_become_latencies_and_buckets() {
         let start = Instant::now();
-        let (collector, tap) = Collector::start(start);
+        let (collector, tap) = Collector::start(start, 2);
         collector.published(0, start);
         tap.answered(Some(1), Status::Created, Some("lt0"));
         tap.answered(Some(2), Status::Gone, Some("lt0"));
@@ -336,5 +365,9 @@ mod tests {
         assert_eq!(report.untagged_201, 1);
         assert_eq!(report.answers, BTreeMap::from([(201, 2), (410, 1)]));
         assert_eq!(report.timeline.iter().map(|p| p.pushes_per_sec).sum::<f64>(), 2.0 / BUCKET.as_secs_f64());
+        // Subscriber 1 lives on origin 1, subscriber 3 too; origin 0 accepted nothing.
+        let by_origin: Vec<f64> =
+            (0..2).map(|o| report.timeline.iter().map(|p| p.pushes_per_sec_by_origin[o]).sum()).collect();
+        assert_eq!(by_origin, vec![0.0, 2.0 / BUCKET.as_secs_f64()]);
     }
 }

@@ -354,6 +354,21 @@ impl Report {
             .map_err(plot)?
             .label("201 Created / s")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+        // One thin line per origin when there are several: shows whether a slow or throttling
+        // origin holds the others back.
+        if self.origins.len() > 1 {
+            for (o, origin) in self.origins.iter().enumerate() {
+                let color = Palette99::pick(o + 3).mix(0.9);
+                let series = points
+                    .iter()
+                    .map(|p| (p.t_seconds, p.pushes_per_sec_by_origin.get(o).copied().unwrap_or(0.0)));
+                chart
+                    .draw_series(LineSeries::new(series, color.stroke_width(1)))
+                    .map_err(plot)?
+                    .label(format!("201 / s from `{}`", origin.name))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(1)));
+            }
+        }
         chart
             .draw_series(LineSeries::new(points.iter().map(|p| (p.t_seconds, p.other_answers_per_sec)), RED))
             .map_err(plot)?

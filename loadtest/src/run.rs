@@ -125,7 +125,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     let started_at = SystemTime::now();
     let clock = Instant::now();
     let payload = Bytes::from(payload(scenario.publish.payload_bytes));
-    let (collector, tap) = Collector::start(clock);
+    let (collector, tap) = Collector::start(clock, scenario.origins.len());
     let fleet = Fleet::start(scenario, payload.clone(), &options.network, tap).await?;
     if let Some(path) = &options.ca_out {
         std::fs::write(path, fleet.ca_pem())?;
