@@ -28,6 +28,9 @@ pub enum FleetError {
         /// Why.
         source: ServerError,
     },
+    /// A server failed while stopping.
+    #[error("stopping the fleet: {0}")]
+    Shutdown(#[source] ServerError),
     /// The origins' URLs are unusable for endpoints.
     #[error("fleet origins: {0}")]
     Population(#[from] PopulationError),
@@ -191,9 +194,9 @@ impl Fleet {
     }
 
     /// Stops every origin.
-    pub async fn shutdown(self) -> Result<(), ServerError> {
+    pub async fn shutdown(self) -> Result<(), FleetError> {
         for (_, handle) in self.origins {
-            handle.shutdown().await?;
+            handle.shutdown().await.map_err(FleetError::Shutdown)?;
         }
         Ok(())
     }

@@ -309,11 +309,6 @@ pub fn process_cpu(pid: u32) -> Result<Duration, CpuError> {
     Ok(Duration::from_secs_f64(total as f64 / TICKS_PER_SECOND))
 }
 
-/// The summed CPU time of several processes.
-pub fn processes_cpu(pids: &[u32]) -> Result<Duration, CpuError> {
-    pids.iter().map(|&pid| process_cpu(pid)).sum()
-}
-
 /// The crypto core's cost: single-thread RFC 8291 encryption (aes128gcm, AWS-LC, a fresh
 /// ephemeral key per message, as pushfan's workers do) of `payload` for `messages` subscribers.
 /// Returns CPU time per message, measured on the calling thread.

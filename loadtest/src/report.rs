@@ -107,7 +107,9 @@ impl BroadcastReport {
 pub struct CpuReport {
     /// The processes measured.
     pub pushfan_pids: Vec<u32>,
-    /// Their user+system CPU over the window (`None` when no pid was given).
+    /// Each one's user+system CPU over the window, in `pushfan_pids` order.
+    pub cpu_seconds_per_pid: Vec<f64>,
+    /// Their sum (`None` when no pid was given).
     pub pushfan_cpu_seconds: Option<f64>,
     /// Per push with a final answer.
     pub pushfan_cpu_per_push_us: Option<f64>,
@@ -265,6 +267,15 @@ impl Report {
             c.crypto_per_push_us_after,
             opt(c.pushfan_over_crypto, 2)
         );
+        if c.pushfan_pids.len() > 1 {
+            let each: Vec<String> = c
+                .pushfan_pids
+                .iter()
+                .zip(&c.cpu_seconds_per_pid)
+                .map(|(p, s)| format!("pid {p}: {s:.2} s"))
+                .collect();
+            let _ = writeln!(s, "  cpu per pid  {}", each.join(", "));
+        }
         let _ = writeln!(s, "  fleet+driver {:.2} s CPU", c.driver_and_fleet_cpu_seconds);
         let v = &self.verification;
         let _ = writeln!(

@@ -152,13 +152,13 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
 
     let crypto_before = crypto(&fleet, &payload).await;
     let driver_pid = std::process::id();
-    let cpu_before = (!pids.is_empty()).then(|| measure::processes_cpu(&pids)).transpose()?;
+    let cpu_before = pids.iter().map(|&pid| measure::process_cpu(pid)).collect::<Result<Vec<_>, _>>()?;
     let driver_before = measure::process_cpu(driver_pid)?;
     let window_start = Instant::now();
     let expected = expected_counts(scenario, &fleet)?;
     let broadcasts = publish_all(&client, scenario, &collector, &bars, expected.total).await?;
     let window_end = Instant::now();
-    let cpu_after = (!pids.is_empty()).then(|| measure::processes_cpu(&pids)).transpose()?;
+    let cpu_after = pids.iter().map(|&pid| measure::process_cpu(pid)).collect::<Result<Vec<_>, _>>()?;
     let driver_after = measure::process_cpu(driver_pid)?;
     let crypto_after = crypto(&fleet, &payload).await;
     collector.settle(expected.total, Duration::from_secs(5)).await;
@@ -167,9 +167,11 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     let pushes: u64 = broadcasts.iter().map(|b| b.finished()).sum();
     let accepted: u64 = broadcasts.iter().map(|b| b.accepted).sum();
     let crypto_us = (crypto_before + crypto_after).as_secs_f64() / 2.0 * 1e6;
-    let pushfan_cpu = cpu_before.zip(cpu_after).map(|(b, a)| (a - b).as_secs_f64());
+    let per_pid: Vec<f64> = cpu_before.iter().zip(&cpu_after).map(|(b, a)| (*a - *b).as_secs_f64()).collect();
+    let pushfan_cpu = (!per_pid.is_empty()).then(|| per_pid.iter().sum::<f64>());
     let cpu = CpuReport {
         pushfan_pids: pids.clone(),
+        cpu_seconds_per_pid: per_pid,
         pushfan_cpu_seconds: pushfan_cpu,
         pushfan_cpu_per_push_us: pushfan_cpu.map(|c| c * 1e6 / pushes.max(1) as f64),
         crypto_per_push_us_before: crypto_before.as_secs_f64() * 1e6,
@@ -213,10 +215,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     if let Some(child) = spawned {
         child.stop().await;
     }
-    fleet
-        .shutdown()
-        .await
-        .map_err(|e| RunError::Fleet(FleetError::Start { origin: "shutdown".into(), source: e }))?;
+    fleet.shutdown().await?;
     Ok(report)
 }
 
