@@ -28,6 +28,9 @@ pub enum FleetError {
         /// Why.
         source: ServerError,
     },
+    /// A public host name was given without fixed ports to put after it.
+    #[error("a public fleet host needs fixed ports (a port base other than 0)")]
+    PublicHostNeedsPorts,
     /// A server failed while stopping.
     #[error("stopping the fleet: {0}")]
     Shutdown(#[source] ServerError),
@@ -74,7 +77,7 @@ pub struct OriginReport {
     pub profile: String,
     /// Answers by HTTP status.
     pub statuses: std::collections::BTreeMap<u16, u64>,
-    /// VAPID tokens verified and refused.
+    /// VAPID tokens verified.
     pub vapid_verified: u64,
     /// VAPID tokens refused.
     pub vapid_failures: u64,
@@ -94,6 +97,9 @@ impl Fleet {
         network: &FleetNetwork,
         observer: Arc<dyn Observer>,
     ) -> Result<Self, FleetError> {
+        if network.public_host.is_some() && network.port_base == 0 {
+            return Err(FleetError::PublicHostNeedsPorts);
+        }
         let names: Vec<String> = network.public_host.iter().cloned().collect();
         let tls = match &network.ca {
             Some((cert, key)) => TlsIdentity::from_ca(cert, key, &names)?,
