@@ -144,12 +144,14 @@ thread_local! {
 
 /// Verifies the request's VAPID token against `scheme://authority` at `now_unix`: RFC 8292's
 /// `vapid t=…, k=…`, or the legacy `WebPush <jwt>` with the key from `Crypto-Key: p256ecdsa=`.
+/// A token whose `exp` is more than `max_lifetime_secs` ahead is refused (Apple allows 1 h).
 pub fn check_vapid(
     headers: &HeaderMap,
     legacy_vapid_key: Option<&str>,
     scheme: &str,
     authority: &str,
     now_unix: u64,
+    max_lifetime_secs: u64,
 ) -> Result<(), Rejection> {
     let authorization = headers
         .get(AUTHORIZATION)
@@ -176,7 +178,18 @@ pub fn check_vapid(
         audience.push_str(scheme);
         audience.push_str("://");
         audience.push_str(authority);
-        vapid::verify(authorization, audience, now_unix).map(drop).map_err(|e| vapid_rejection(&e))
+        let token = vapid::verify(authorization, audience, now_unix).map_err(|e| vapid_rejection(&e))?;
+        if token.expires_at > now_unix.saturating_add(max_lifetime_secs) {
+            return Err(Rejection::with_detail(
+                Status::Forbidden,
+                "BadJwtExpiration",
+                format!(
+                    "exp is {} s ahead; this service allows {max_lifetime_secs} s",
+                    token.expires_at - now_unix
+                ),
+            ));
+        }
+        Ok(())
     })
 }
 
@@ -242,6 +255,7 @@ mod tests {
     use super::*;
 
     const NOW: u64 = 1_800_000_000;
+    const DAY: u64 = 86_400;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         pairs
@@ -292,25 +306,29 @@ mod tests {
         let signer = signer();
         let token = signer.sign("https://127.0.0.1:8443", NOW);
         let h = headers(&[("authorization", &token.authorization)]);
-        assert_eq!(check_vapid(&h, None, "https", "127.0.0.1:8443", NOW + 1), Ok(()));
-        let wrong = check_vapid(&h, None, "https", "localhost:8443", NOW + 1).unwrap_err();
+        assert_eq!(check_vapid(&h, None, "https", "127.0.0.1:8443", NOW + 1, DAY), Ok(()));
+        let wrong = check_vapid(&h, None, "https", "localhost:8443", NOW + 1, DAY).unwrap_err();
         assert_eq!((wrong.status, wrong.reason), (Status::Forbidden, "BadJwtAudience"));
-        let late = check_vapid(&h, None, "https", "127.0.0.1:8443", token.expires_at).unwrap_err();
+        let late = check_vapid(&h, None, "https", "127.0.0.1:8443", token.expires_at, DAY).unwrap_err();
         assert_eq!(late.reason, "ExpiredJwtToken");
-        let missing = check_vapid(&HeaderMap::new(), None, "https", "127.0.0.1:8443", NOW).unwrap_err();
+        let missing = check_vapid(&HeaderMap::new(), None, "https", "127.0.0.1:8443", NOW, DAY).unwrap_err();
         assert_eq!((missing.status, missing.reason), (Status::Unauthorized, "MissingAuthorization"));
         assert!(missing.body().contains(r#""reason":"MissingAuthorization""#));
 
         let legacy = headers(&[("authorization", &token.legacy_authorization())]);
         let key = token.public_key_base64.as_str();
-        assert_eq!(check_vapid(&legacy, Some(key), "https", "127.0.0.1:8443", NOW + 1), Ok(()));
+        assert_eq!(check_vapid(&legacy, Some(key), "https", "127.0.0.1:8443", NOW + 1, DAY), Ok(()));
         let other_key = signer_key_b64();
-        let forged = check_vapid(&legacy, Some(&other_key), "https", "127.0.0.1:8443", NOW + 1).unwrap_err();
+        let forged =
+            check_vapid(&legacy, Some(&other_key), "https", "127.0.0.1:8443", NOW + 1, DAY).unwrap_err();
         assert_eq!(forged.reason, "BadJwtSignature");
         assert_eq!(
-            check_vapid(&legacy, None, "https", "127.0.0.1:8443", NOW).unwrap_err().reason,
+            check_vapid(&legacy, None, "https", "127.0.0.1:8443", NOW, DAY).unwrap_err().reason,
             "MissingVapidKey"
         );
+        // The signer's default validity is 12 h: fine by RFC 8292, too long for Apple.
+        let apple = check_vapid(&h, None, "https", "127.0.0.1:8443", NOW + 1, 3600).unwrap_err();
+        assert_eq!((apple.status, apple.reason), (Status::Forbidden, "BadJwtExpiration"));
     }
 
     fn signer_key_b64() -> String {

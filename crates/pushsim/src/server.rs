@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 use crate::check::{self, BodyRejection, Rejection};
 use crate::faults::{Fault, FaultPlan, Faults};
 use crate::population::{Population, PopulationError};
+use crate::profile::{Latency, Profile};
 use crate::stats::{Stats, StatsSnapshot, Status};
 use crate::tls::{TlsError, TlsIdentity};
 
@@ -86,6 +87,25 @@ pub struct PushSimConfig {
     pub expected_payload: Option<Bytes>,
     /// Faults to start with; change them at run time through [`PushSimHandle::faults`].
     pub faults: FaultPlan,
+    /// Which real service's rules and error wording to follow.
+    pub profile: Profile,
+    /// How long each answer takes, on top of the faults' fixed delay.
+    pub latency: Latency,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` per connection, as real services cap senders;
+    /// `None` leaves hyper's default.
+    pub max_concurrent_streams: Option<u32>,
+    /// The host (and port) senders reach this server by, when it is not the bound address (a
+    /// server behind a Kubernetes Service). Endpoints and the VAPID audience use it.
+    pub public_authority: Option<String>,
+    /// Told of every answer, for load tests that time deliveries.
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+/// Sees every answer as it is sent. Called on the request path: implementations must not
+/// block or take contended locks.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// Subscriber `index` was answered `status`; `topic` is the request's RFC 8030 `Topic`.
+    fn answered(&self, index: Option<u64>, status: Status, topic: Option<&str>);
 }
 
 impl PushSimConfig {
@@ -98,6 +118,11 @@ impl PushSimConfig {
             decrypt_sample: Sample::ALL,
             expected_payload: None,
             faults: FaultPlan::default(),
+            profile: Profile::Generic,
+            latency: Latency::default(),
+            max_concurrent_streams: None,
+            public_authority: None,
+            observer: None,
         }
     }
 
@@ -149,10 +174,17 @@ pub async fn run(
         vapid_sample: config.vapid_sample,
         decrypt_sample: config.decrypt_sample,
         expected_payload: config.expected_payload.clone(),
+        profile: config.profile,
+        latency: config.latency.clone(),
+        observer: config.observer.clone(),
         state,
         metrics: Metrics::register(),
     });
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if let Some(streams) = config.max_concurrent_streams {
+        builder.http2().max_concurrent_streams(streams);
+    }
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -216,6 +248,9 @@ struct Handler {
     vapid_sample: Sample,
     decrypt_sample: Sample,
     expected_payload: Option<Bytes>,
+    profile: Profile,
+    latency: Latency,
+    observer: Option<Arc<dyn Observer>>,
     state: Arc<SimState>,
     metrics: Metrics,
 }
@@ -252,26 +287,36 @@ impl From<Rejection> for Refusal {
 
 impl Handler {
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        let delay = self.state.faults.delay();
+        let mut delay = self.state.faults.delay();
+        if !self.latency.is_zero() {
+            delay += self.latency.sample();
+        }
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
         let (parts, body) = request.into_parts();
         let (status, response) = match self.process(&parts, body).await {
             Ok(sequence) => {
-                let mut response = respond(Status::Created, Bytes::new());
+                let mut response = Response::new(Full::new(Bytes::new()));
+                *response.status_mut() = StatusCode::CREATED;
                 let location =
                     HeaderValue::try_from(format!("/m/{sequence}")).expect("digits are a valid header");
                 response.headers_mut().insert(LOCATION, location);
                 (Status::Created, response)
             }
-            Err(Refusal::Rejected(rejection)) => {
-                (rejection.status, respond(rejection.status, Bytes::from(rejection.body())))
-            }
-            Err(Refusal::Fault(fault)) => fault_response(fault),
+            Err(Refusal::Rejected(rejection)) => (
+                rejection.status,
+                self.respond(rejection.status, rejection.reason, rejection.detail.as_deref()),
+            ),
+            Err(Refusal::Fault(fault)) => self.fault_response(fault),
         };
         self.state.stats.answered(status);
         self.metrics.responses[status as usize].increment(1);
+        if let Some(observer) = &self.observer {
+            let index = check::route(&parts.method, parts.uri.path(), self.population.count()).ok();
+            let topic = parts.headers.get("topic").and_then(|t| t.to_str().ok());
+            observer.answered(index, status, topic);
+        }
         response
     }
 
@@ -298,13 +343,19 @@ impl Handler {
             let authority = check::authority(&parts.uri, &parts.headers)
                 .ok_or(Rejection::new(Status::BadRequest, "MissingHost"))?;
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let verified =
-                check::check_vapid(&parts.headers, message.legacy_vapid_key, self.scheme, authority, now);
+            let verified = check::check_vapid(
+                &parts.headers,
+                message.legacy_vapid_key,
+                self.scheme,
+                authority,
+                now,
+                self.profile.max_token_lifetime_secs(),
+            );
             self.state.stats.vapid(verified.is_ok());
             if let Err(rejection) = verified {
                 self.metrics.vapid_failures.increment(1);
                 debug!(index, reason = rejection.reason, "VAPID refused");
-                return Err(rejection.into());
+                return Err(self.profile.vapid_rejection(rejection).into());
             }
         }
         match message.encoding {
@@ -340,31 +391,31 @@ impl Handler {
     }
 }
 
-/// A response with a JSON body, or an empty one.
-fn respond(status: Status, body: Bytes) -> Response<Full<Bytes>> {
-    let json = !body.is_empty();
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = StatusCode::from_u16(status.code()).expect("every Status is a valid code");
-    if json {
-        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+impl Handler {
+    /// An error answer worded the way this service's profile words it.
+    fn respond(&self, status: Status, reason: &str, detail: Option<&str>) -> Response<Full<Bytes>> {
+        let (content_type, body) = self.profile.error_body(status, reason, detail);
+        let mut response = Response::new(Full::new(body));
+        *response.status_mut() = StatusCode::from_u16(status.code()).expect("every Status is a valid code");
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
     }
-    response
-}
 
-/// The answers of injected faults, worded like the real services (Apple's `Unregistered` for
-/// 410, FCM's `NotFound` for 404).
-fn fault_response(fault: Fault) -> (Status, Response<Full<Bytes>>) {
-    let (status, body): (Status, &'static [u8]) = match fault {
-        Fault::Gone => (Status::Gone, br#"{"reason":"Unregistered"}"#),
-        Fault::NotFound => (Status::NotFound, br#"{"reason":"NotFound"}"#),
-        Fault::Throttled { .. } => (Status::TooManyRequests, br#"{"reason":"TooManyRequests"}"#),
-        Fault::ServerError => (Status::InternalServerError, br#"{"reason":"InternalServerError"}"#),
-    };
-    let mut response = respond(status, Bytes::from_static(body));
-    if let Fault::Throttled { retry_after_secs } = fault {
-        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    /// The answers of injected faults, worded like the real services (Apple's `Unregistered`
+    /// for 410, FCM's `NotFound` for 404).
+    fn fault_response(&self, fault: Fault) -> (Status, Response<Full<Bytes>>) {
+        let (status, reason) = match fault {
+            Fault::Gone => (Status::Gone, "Unregistered"),
+            Fault::NotFound => (Status::NotFound, "NotFound"),
+            Fault::Throttled { .. } => (Status::TooManyRequests, "TooManyRequests"),
+            Fault::ServerError => (Status::InternalServerError, "InternalServerError"),
+        };
+        let mut response = self.respond(status, reason, None);
+        if let Fault::Throttled { retry_after_secs } = fault {
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        (status, response)
     }
-    (status, response)
 }
 
 /// Starts simulated push services.
@@ -391,7 +442,10 @@ impl PushSim {
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),
             std::net::IpAddr::V4(ip) => ip.to_string(),
         };
-        let base_url = format!("{scheme}://{host}:{}", addr.port());
+        let base_url = match &config.public_authority {
+            Some(authority) => format!("{scheme}://{authority}"),
+            None => format!("{scheme}://{host}:{}", addr.port()),
+        };
         let population = config.population.clone().with_origins(&[&base_url])?;
         let state = SimState::new(&config);
         let tls = config.tls.clone();

@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use pushfan_pushsim::{
-    subscription_json, Burst, FaultPlan, Population, PushSim, PushSimConfig, Sample, Selection,
+    subscription_json, Burst, FaultPlan, Latency, LogNormal, Population, Profile, PushSim, PushSimConfig,
+    Sample, Selection,
 };
 
 /// A simulated browser push service for pushfan's tests and load tests.
@@ -54,6 +55,15 @@ struct Args {
     /// Milliseconds to hold every answer.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Median of a log-normal jitter added to every answer, milliseconds (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    jitter_median_ms: f64,
+    /// Behave like this service: generic, fcm, mozilla or apple (Apple: tokens at most 1 h).
+    #[arg(long, default_value = "generic")]
+    profile: Profile,
+    /// HTTP/2 streams allowed per connection (hyper's default when unset).
+    #[arg(long)]
+    max_concurrent_streams: Option<u32>,
     /// Verify VAPID on one request in N (0: never).
     #[arg(long, default_value_t = 1)]
     vapid_sample: u32,
@@ -72,6 +82,11 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     let args = Args::parse();
+    anyhow::ensure!(
+        (0.0..3_600_000.0).contains(&args.jitter_median_ms),
+        "--jitter-median-ms must be 0 to 3600000, got {}",
+        args.jitter_median_ms
+    );
     // Distinct salts, so a subscriber chosen for one fault is not automatically chosen for all.
     let faults = FaultPlan {
         gone: Selection::fraction(args.gone, args.seed),
@@ -88,6 +103,15 @@ async fn main() -> anyhow::Result<()> {
         vapid_sample: Sample::one_in(args.vapid_sample),
         decrypt_sample: Sample::one_in(args.decrypt_sample),
         faults,
+        profile: args.profile,
+        latency: Latency {
+            jitter: (args.jitter_median_ms > 0.0).then(|| LogNormal {
+                median: Duration::from_secs_f64(args.jitter_median_ms / 1000.0),
+                sigma: 0.5,
+            }),
+            ..Latency::default()
+        },
+        max_concurrent_streams: args.max_concurrent_streams,
         ..PushSimConfig::new(Population::new(args.seed, args.subscribers))
     };
     if args.tls {
