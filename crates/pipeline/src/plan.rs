@@ -9,7 +9,7 @@ use pushfan_bus::messages::{
 use pushfan_gateway::{FinalOutcome, Report};
 use pushfan_store::ledger::{BroadcastCounts, BroadcastId, ProgressDelta, RejectionReason};
 use pushfan_store::{Audience, ShardCount, ShardId, SubscriptionId, TenantId, Topic};
-use pushfan_webpush::{AesgcmParams, ContentEncoding, EncryptedPush, PushOptions, Urgency};
+use pushfan_webpush::{message, AesgcmParams, ContentEncoding, EncryptedPush, PushOptions, Urgency};
 
 /// A bus message that breaks the pipeline's rules. Ingest validates everything it accepts, so
 /// this means a bug or a foreign writer; the message is reported and skipped, never retried.
@@ -243,6 +243,24 @@ pub fn batch_seq(page: u32, key_group: usize) -> u32 {
     page * MAX_KEYS_PER_PAGE as u32 + key_group as u32
 }
 
+/// Most bytes one delivery batch may take on the bus. A batch is one record, and Kafka refuses
+/// records over 1 MB by default (`message.max.bytes`); the rest is headroom for long endpoints.
+pub const MAX_BATCH_BYTES: usize = 768 * 1024;
+
+/// What one delivery takes on the bus besides its body: the endpoint (a few hundred bytes at the
+/// big push services), the subscription id and the protobuf framing.
+const DELIVERY_OVERHEAD_BYTES: usize = 640;
+
+/// Subscriptions per page for a payload of `payload_len` bytes: `configured`, or fewer when a
+/// page's batch would not fit in [`MAX_BATCH_BYTES`]. A function of the job alone, so a page
+/// redone after a crash is the same page.
+pub fn page_size(configured: usize, payload_len: usize, padded: bool) -> usize {
+    let overhead = message::MAX_BODY_LEN - message::MAX_PLAINTEXT_LEN;
+    let body =
+        if padded { message::MAX_BODY_LEN } else { (payload_len + overhead).min(message::MAX_BODY_LEN) };
+    configured.min(MAX_BATCH_BYTES / (body + DELIVERY_OVERHEAD_BYTES)).max(1)
+}
+
 /// Distinct VAPID keys one page may mix; more would need a new numbering, so the worker splits
 /// a page's encryption into one batch per key and refuses a page with more keys than this.
 pub const MAX_KEYS_PER_PAGE: usize = 16;
@@ -357,6 +375,31 @@ mod tests {
         // The worker's counts come in the same step: the batch closes its own subscriptions.
         assert_eq!((delta.counts.targeted, delta.counts.encrypted, delta.counts.batches_done), (8, 7, 1));
         assert_eq!(delta.counts.finished(), 8);
+    }
+
+    #[test]
+    fn pages_shrink_so_a_batch_fits_one_bus_record() {
+        assert_eq!(page_size(512, 100, false), 512, "small payloads keep the configured size");
+        let largest = page_size(512, message::MAX_PLAINTEXT_LEN, false);
+        assert!(
+            largest < 512 && largest * (message::MAX_BODY_LEN + DELIVERY_OVERHEAD_BYTES) <= MAX_BATCH_BYTES
+        );
+        assert_eq!(page_size(512, 100, true), largest, "padding may grow any body to the maximum");
+        assert_eq!(page_size(0, 100, false), 1);
+        // A full batch of the largest pushes, encoded, fits Kafka's default 1 MB record limit.
+        let push = EncryptedPush {
+            body: vec![0; message::MAX_BODY_LEN].into(),
+            encoding: ContentEncoding::Aes128gcm,
+            aesgcm: None,
+        };
+        let endpoint = format!("https://fcm.googleapis.com/fcm/send/{}", "x".repeat(400));
+        let batch = DeliveryBatch {
+            deliveries: (0..largest)
+                .map(|_| delivery(SubscriptionId::from_bytes([7; 14]), &endpoint, push.clone()))
+                .collect(),
+            ..DeliveryBatch::default()
+        };
+        assert!(prost::Message::encoded_len(&batch) < 1_000_000);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use pushfan_bus::{Bus, MessageContext};
 use pushfan_store::ledger::{BroadcastCounts, ProgressDelta, ShardCheckpoint};
 use pushfan_store::{ContentEncodings, ScanCursor, ShardId, Subscription, UnixSeconds, VapidKeyId};
 use pushfan_webpush::batch::{encrypt_batch, Recipient};
-use pushfan_webpush::{ContentEncoding, EncryptError, EncryptedPush, SubscriptionKeys};
+use pushfan_webpush::{ContentEncoding, EncryptError, EncryptedPush, Padding, SubscriptionKeys};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
 
@@ -90,7 +90,8 @@ async fn encrypt_shard<B: Bus>(
         .into());
     }
     let shard = ShardId(job.shard_index as u16);
-    let page_size = pipeline.config.page_size;
+    let padded = !matches!(pipeline.config.padding, Padding::None);
+    let page_size = plan::page_size(pipeline.config.page_size, job.payload.len(), padded);
     let pages = Pages { pipeline, job: &job, payload: job.payload.clone(), context };
     let checkpoint = pipeline.ledger.load_checkpoint(&tenant, &broadcast, shard).await?;
     // `None`: every page was handed on before, by this job's earlier delivery.
