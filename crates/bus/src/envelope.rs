@@ -30,6 +30,11 @@ pub struct Record {
     pub payload: Bytes,
     /// The pushfan headers.
     pub headers: Headers,
+    /// Places the record on partition `spread % partitions` instead of by its key's hash. Shard
+    /// jobs set it to their shard's index: a broadcast has only a dozen or so, and a hash of
+    /// that few keys lands so unevenly on a few partitions that one worker got three times the
+    /// work of another. Not carried on the wire.
+    pub spread: Option<u32>,
 }
 
 /// The headers pushfan reads and writes; other headers on a Kafka record are ignored.
@@ -91,6 +96,11 @@ pub trait BusMessage: Message + Default + Send + Sync + 'static {
     /// The partitioning key (see the table in [`crate::topic`]).
     fn key(&self) -> String;
 
+    /// Overrides the key's partition choice; see [`Record::spread`].
+    fn spread(&self) -> Option<u32> {
+        None
+    }
+
     /// Identifies the unit of work, equal across redeliveries and retries of the same work.
     fn idempotency_key(&self) -> String;
 }
@@ -119,6 +129,10 @@ impl BusMessage for ShardJob {
 
     fn key(&self) -> String {
         format!("{}/{}", self.broadcast_id, self.shard_index)
+    }
+
+    fn spread(&self) -> Option<u32> {
+        Some(self.shard_index)
     }
 
     fn idempotency_key(&self) -> String {
@@ -177,6 +191,7 @@ pub fn encode<M: BusMessage>(message: &M, context: &MessageContext) -> Record {
             traceparent: context.traceparent.as_ref().map(|t| t.as_str().to_owned()),
             dead_letter_reason: None,
         },
+        spread: message.spread(),
     }
 }
 
@@ -295,6 +310,7 @@ pub fn dead_letter(
             traceparent: record.headers.traceparent.clone(),
             dead_letter_reason: Some(reason_text),
         },
+        spread: None,
     }
 }
 

@@ -205,3 +205,36 @@ async fn a_member_with_a_full_buffer_still_lets_the_group_rebalance() {
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     eprintln!("{} distinct messages, {duplicates} duplicates", seen.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcasts_shard_jobs_go_round_the_partitions_in_turn() {
+    let (_mock, config) = mock_cluster(1, "spread");
+    let bus = KafkaBus::new(config).expect("bus");
+    let shards = 2 * PARTITIONS as u32;
+    for shard_index in 0..shards {
+        let job = ShardJob {
+            broadcast_id: "spread".into(),
+            shard_index,
+            shard_count: shards,
+            ..ShardJob::default()
+        };
+        bus.publish(&job, &MessageContext::default()).await.expect("sent");
+    }
+    let mut consumer = bus.consume::<ShardJob>(&common::unique_group("spread")).expect("join");
+    let mut per_partition: HashMap<i32, Vec<u32>> = HashMap::new();
+    for _ in 0..shards {
+        let received =
+            timeout(common::WAIT, consumer.next()).await.expect("consumed in time").expect("consumed");
+        let partition = received.position.expect("a Kafka position").partition;
+        per_partition.entry(partition).or_default().push(received.message.shard_index);
+        received.ack.ack();
+    }
+    // Shard i on partition i % 6: two shards each, where hashing a dozen keys is uneven.
+    assert_eq!(per_partition.len(), PARTITIONS as usize, "{per_partition:?}");
+    for (partition, mut shard_indices) in per_partition {
+        shard_indices.sort_unstable();
+        let expected: Vec<u32> =
+            (0..shards).filter(|s| (s % PARTITIONS as u32) as i32 == partition).collect();
+        assert_eq!(shard_indices, expected, "partition {partition}");
+    }
+}

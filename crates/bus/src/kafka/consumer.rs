@@ -292,6 +292,7 @@ impl PollLoop {
             key: bytes::Bytes::copy_from_slice(message.key().unwrap_or_default()),
             payload: bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default()),
             headers,
+            spread: None,
         };
         Some(Polled { record, position, generation })
     }

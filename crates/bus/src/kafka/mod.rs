@@ -11,6 +11,8 @@
 
 mod consumer;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::counter;
@@ -19,9 +21,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use tracing::{debug_span, Instrument};
+use tracing::{debug_span, warn, Instrument};
 
 pub(crate) use self::consumer::KafkaAck;
 pub use self::consumer::KafkaSubscription;
@@ -100,6 +102,8 @@ impl KafkaConfig {
 pub struct KafkaBus {
     config: KafkaConfig,
     producer: FutureProducer,
+    /// Partitions per topic name, learnt once, for [`Record::spread`].
+    partitions: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -121,7 +125,7 @@ impl KafkaBus {
             .set("linger.ms", millis(config.linger));
         config.apply_extra(&mut client);
         let producer = client.create().map_err(|e| BusError::Config(Box::new(e)))?;
-        Ok(Self { config, producer })
+        Ok(Self { config, producer, partitions: Arc::default() })
     }
 
     /// The bus's settings.
@@ -166,10 +170,16 @@ impl Bus for KafkaBus {
     async fn send(&self, topic: Topic, record: Record) -> Result<(), BusError> {
         let name = self.config.topic_names.name(topic);
         let span = debug_span!("bus.send", topic = topic.name(), bytes = record.payload.len());
-        let future_record = FutureRecord::to(&name)
+        let mut future_record = FutureRecord::to(&name)
             .key(record.key.as_ref())
             .payload(record.payload.as_ref())
             .headers(kafka_headers(&record.headers));
+        if let Some(spread) = record.spread {
+            // Unknown partitions (no metadata yet): the key's hash decides, as without spread.
+            if let Some(partitions) = self.partitions(&name).await {
+                future_record = future_record.partition((spread % partitions) as i32);
+            }
+        }
         let result = self
             .producer
             .send(future_record, Timeout::After(self.config.queue_full_wait))
@@ -195,6 +205,34 @@ impl Bus for KafkaBus {
 }
 
 impl KafkaBus {
+    /// How many partitions topic `name` has, from the broker's metadata the first time.
+    async fn partitions(&self, name: &str) -> Option<u32> {
+        if let Some(&known) = self.partitions.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return Some(known);
+        }
+        let producer = self.producer.clone();
+        let topic = name.to_owned();
+        let timeout = self.config.queue_full_wait.max(Duration::from_secs(1));
+        let fetched = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Timeout::After(timeout))
+                .map(|metadata| metadata.topics().first().map_or(0, |topic| topic.partitions().len() as u32))
+        })
+        .await;
+        match fetched {
+            Ok(Ok(count)) if count > 0 => {
+                self.partitions.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), count);
+                Some(count)
+            }
+            Ok(Ok(_)) | Err(_) => None,
+            Ok(Err(error)) => {
+                warn!(topic = name, %error, "no partition count; placing records by key");
+                None
+            }
+        }
+    }
+
     fn produce_error(&self, topic: Topic, bytes: usize, error: KafkaError) -> BusError {
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::QueueFull) => {
