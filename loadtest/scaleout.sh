@@ -90,10 +90,6 @@ validity_secs = 3600
 [[vapid.keys]]
 id = 1
 private_key = "$vapid"
-# A delivery batch is one Kafka message: 512 subscribers of a 3 KB payload make ~1.7 MB, over
-# the broker's 1 MB message limit (the worker then retries until the messages expire). 256 fit.
-[worker]
-page_size = 256
 [gateway]
 extra_root_certs = ["$run/ca.pem"]
 EOF
