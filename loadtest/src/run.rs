@@ -10,7 +10,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pushfan_proto::v1::publish_request::Target as ProtoTarget;
 use pushfan_proto::v1::{
     Broadcast, BulkImportRequest, Everyone, ListSubscriptionsRequest, PublishRequest, PushOptions,
-    SubscribeRequest, SubscriptionKeys, WatchBroadcastRequest,
+    SubscribeRequest, Subscription, SubscriptionKeys, WatchBroadcastRequest,
 };
 use pushfan_webpush::b64;
 use tokio_stream::StreamExt as _;
@@ -546,30 +546,13 @@ async fn subscription_ids(client: &mut Api, scenario: &Scenario) -> Result<Vec<S
         }));
     }
     let mut ids = vec![String::new(); count as usize];
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .subscriptions
-            .list_subscriptions(ListSubscriptionsRequest {
-                topic: String::new(),
-                page_size: 1000,
-                page_token,
-            })
-            .await
-            .map_err(api("list subscriptions"))?
-            .into_inner();
-        for subscription in page.subscriptions {
-            let index =
-                subscription.endpoint.rsplit_once("/push/").and_then(|(_, i)| i.parse::<usize>().ok());
-            if let Some(slot) = index.and_then(|i| ids.get_mut(i)) {
-                *slot = subscription.subscription_id;
-            }
+    each_subscription(client, |subscription| {
+        let index = subscription.endpoint.rsplit_once("/push/").and_then(|(_, i)| i.parse::<usize>().ok());
+        if let Some(slot) = index.and_then(|i| ids.get_mut(i)) {
+            *slot = subscription.subscription_id;
         }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    })
+    .await?;
     match ids.iter().position(String::is_empty) {
         Some(missing) => {
             Err(RunError::Inconsistent(format!("no subscription id listed for subscriber {missing}")))
@@ -581,6 +564,12 @@ async fn subscription_ids(client: &mut Api, scenario: &Scenario) -> Result<Vec<S
 /// Counts the tenant's subscriptions by listing them.
 async fn count_subscriptions(client: &mut Api) -> Result<u64, RunError> {
     let mut total = 0;
+    each_subscription(client, |_| total += 1).await?;
+    Ok(total)
+}
+
+/// Lists every subscription of the tenant, a page at a time.
+async fn each_subscription(client: &mut Api, mut visit: impl FnMut(Subscription)) -> Result<(), RunError> {
     let mut page_token = String::new();
     loop {
         let page = client
@@ -593,9 +582,9 @@ async fn count_subscriptions(client: &mut Api) -> Result<u64, RunError> {
             .await
             .map_err(api("list subscriptions"))?
             .into_inner();
-        total += page.subscriptions.len() as u64;
+        page.subscriptions.into_iter().for_each(&mut visit);
         if page.next_page_token.is_empty() {
-            return Ok(total);
+            return Ok(());
         }
         page_token = page.next_page_token;
     }
