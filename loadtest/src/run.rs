@@ -10,9 +10,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pushfan_proto::v1::publish_request::Target as ProtoTarget;
 use pushfan_proto::v1::{
     Broadcast, BulkImportRequest, Everyone, ListSubscriptionsRequest, PublishRequest, PushOptions,
-    SubscribeRequest, Subscription, SubscriptionKeys, WatchBroadcastRequest,
+    Subscription, WatchBroadcastRequest,
 };
-use pushfan_webpush::b64;
 use tokio_stream::StreamExt as _;
 
 use crate::fleet::{Fleet, FleetError, FleetNetwork};
@@ -251,16 +250,7 @@ async fn import(
             let items = population
                 .subscribers(start..(start + IMPORT_CHUNK).min(count))?
                 .into_iter()
-                .map(|s| SubscribeRequest {
-                    endpoint: s.endpoint.as_str().to_owned(),
-                    keys: Some(SubscriptionKeys {
-                        p256dh: b64::encode(s.keys.subscription_keys().p256dh()),
-                        auth: b64::encode(s.keys.subscription_keys().auth()),
-                    }),
-                    topics: scenario_copy.topics_of(s.index),
-                    vapid_key_id: 1,
-                    ..SubscribeRequest::default()
-                })
+                .map(|s| s.subscribe_request(scenario_copy.topics_of(s.index)))
                 .collect();
             if sender.blocking_send(BulkImportRequest { items }).is_err() {
                 break;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
 use pushfan_proto::v1::publish_request::Target;
-use pushfan_proto::v1::{BulkImportRequest, Everyone, PublishRequest, SubscribeRequest, SubscriptionKeys};
+use pushfan_proto::v1::{BulkImportRequest, Everyone, PublishRequest};
 use pushfan_pushsim::{Population, PushSim, PushSimConfig, Sample};
 use pushfan_webpush::b64;
 use pushfan_webpush::vapid::VapidKey;
@@ -170,19 +170,8 @@ async fn import(clients: &mut Clients, population: &Population, quiet: bool) -> 
     let population = population.clone();
     let producer = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         for range in ranges {
-            let items = population
-                .subscribers(range)?
-                .into_iter()
-                .map(|s| SubscribeRequest {
-                    endpoint: s.endpoint.as_str().to_owned(),
-                    keys: Some(SubscriptionKeys {
-                        p256dh: b64::encode(s.keys.subscription_keys().p256dh()),
-                        auth: b64::encode(s.keys.subscription_keys().auth()),
-                    }),
-                    vapid_key_id: 1,
-                    ..SubscribeRequest::default()
-                })
-                .collect();
+            let items =
+                population.subscribers(range)?.into_iter().map(|s| s.subscribe_request(Vec::new())).collect();
             if sender.blocking_send(BulkImportRequest { items }).is_err() {
                 break;
             }

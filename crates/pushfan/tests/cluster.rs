@@ -28,10 +28,9 @@ use pushfan_proto::v1::publish_service_client::PublishServiceClient;
 use pushfan_proto::v1::subscription_service_client::SubscriptionServiceClient;
 use pushfan_proto::v1::{
     Broadcast, BulkImportRequest, Everyone, GetBroadcastRequest, GetSubscriptionRequest,
-    ListSubscriptionsRequest, PublishRequest, SubscribeRequest, SubscriptionKeys,
+    ListSubscriptionsRequest, PublishRequest, SubscribeRequest,
 };
 use pushfan_pushsim::{Burst, FaultPlan, Population, PushSim, PushSimConfig, Selection};
-use pushfan_webpush::b64;
 use pushfan_webpush::vapid::VapidKey;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -139,16 +138,7 @@ fn authed<T>(message: T) -> Request<T> {
 }
 
 fn subscribe_request(population: &Population, index: u64) -> SubscribeRequest {
-    let subscriber = population.subscriber(index).unwrap();
-    SubscribeRequest {
-        endpoint: subscriber.endpoint.as_str().to_owned(),
-        keys: Some(SubscriptionKeys {
-            p256dh: b64::encode(subscriber.keys.subscription_keys().p256dh()),
-            auth: b64::encode(subscriber.keys.subscription_keys().auth()),
-        }),
-        vapid_key_id: 1,
-        ..SubscribeRequest::default()
-    }
+    population.subscriber(index).unwrap().subscribe_request(Vec::new())
 }
 
 /// Every subscription the tenant has, as the store (Redis) lists them.

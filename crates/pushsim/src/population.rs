@@ -7,6 +7,7 @@
 use std::fmt;
 use std::ops::Range;
 
+use pushfan_proto::v1::{SubscribeRequest, SubscriptionKeys};
 use pushfan_webpush::{b64, Backend, Endpoint, EndpointPolicy, UserAgentKeys};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -66,6 +67,24 @@ pub struct Subscriber {
     pub keys: UserAgentKeys,
     /// Where senders POST to reach it.
     pub endpoint: Endpoint,
+}
+
+impl Subscriber {
+    /// This subscriber as pushfan's `Subscribe` (and `BulkImport`) call takes it, created with
+    /// VAPID key 1 and tagged with `topics`.
+    pub fn subscribe_request(&self, topics: Vec<String>) -> SubscribeRequest {
+        let keys = self.keys.subscription_keys();
+        SubscribeRequest {
+            endpoint: self.endpoint.as_str().to_owned(),
+            keys: Some(SubscriptionKeys {
+                p256dh: b64::encode(keys.p256dh()),
+                auth: b64::encode(keys.auth()),
+            }),
+            topics,
+            vapid_key_id: 1,
+            ..SubscribeRequest::default()
+        }
+    }
 }
 
 /// `count` subscribers whose keys come from `seed`, with endpoints on one or more push-service
