@@ -1,13 +1,12 @@
-//! Measurements: publish-to-201 latency and throughput over time from the fleet's answers, the
-//! CPU time of pushfan's processes from `/proc`, and the crypto core's cost per push.
+//! Measurements: publish-to-201 latency and throughput over time from the fleet's answers. CPU
+//! time and the crypto core's cost come from `pushfan_pushsim::cpu`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use pushfan_pushsim::{Observer, Population, Status};
-use pushfan_webpush::{encrypt, Backend, ContentEncoding, Padding};
+use pushfan_pushsim::{Observer, Status};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -274,71 +273,9 @@ pub struct TimePoint {
     pub p99_ms: Option<f64>,
 }
 
-/// Why a process's CPU time could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum CpuError {
-    /// `/proc/<pid>/stat` is unreadable (the process is gone, or not on this host).
-    #[error("reading /proc/{pid}/stat: {source}")]
-    Read {
-        /// The process.
-        pid: u32,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file did not have the expected fields.
-    #[error("/proc/{pid}/stat has no utime/stime fields")]
-    Format {
-        /// The process.
-        pid: u32,
-    },
-}
-
-/// Linux reports `utime` and `stime` in USER_HZ ticks, which the kernel ABI fixes at 100/s.
-const TICKS_PER_SECOND: f64 = 100.0;
-
-/// User plus system CPU time of process `pid` so far (all its threads).
-pub fn process_cpu(pid: u32) -> Result<Duration, CpuError> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).map_err(|source| CpuError::Read { pid, source })?;
-    // The command name (field 2) is parenthesised and may contain spaces: count from its end.
-    let after_name = stat.rsplit_once(')').ok_or(CpuError::Format { pid })?.1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // After the name, field 3 (state) is index 0, so utime (14) and stime (15) are 11 and 12.
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).ok_or(CpuError::Format { pid });
-    let total = ticks(11)? + ticks(12)?;
-    Ok(Duration::from_secs_f64(total as f64 / TICKS_PER_SECOND))
-}
-
-/// The crypto core's cost: single-thread RFC 8291 encryption (aes128gcm, AWS-LC, a fresh
-/// ephemeral key per message, as pushfan's workers do) of `payload` for `messages` subscribers.
-/// Returns CPU time per message, measured on the calling thread.
-pub fn crypto_per_push(population: &Population, payload: &[u8], messages: u64) -> Duration {
-    let keys: Vec<_> = (0..messages.min(256)).map(|i| population.keys(i)).collect();
-    let started = cpu_time::ThreadTime::now();
-    for i in 0..messages {
-        let keys = keys[(i % keys.len() as u64) as usize].subscription_keys();
-        let push = encrypt(Backend::AwsLc, keys, ContentEncoding::Aes128gcm, payload, &Padding::None)
-            .expect("the population's keys are valid");
-        std::hint::black_box(push);
-    }
-    started.elapsed() / messages.max(1) as u32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn own_cpu_time_is_readable_and_grows() {
-        let pid = std::process::id();
-        let before = process_cpu(pid).unwrap();
-        let spin = Instant::now();
-        while spin.elapsed() < Duration::from_millis(50) {
-            std::hint::black_box(0u64);
-        }
-        assert!(process_cpu(pid).unwrap() >= before);
-        assert!(matches!(process_cpu(u32::MAX), Err(CpuError::Read { .. })));
-    }
 
     #[test]
     fn topics_tag_broadcasts() {

@@ -15,11 +15,12 @@ use pushfan_proto::v1::{
 use tokio_stream::StreamExt as _;
 
 use crate::fleet::{Fleet, FleetError, FleetNetwork};
-use crate::measure::{self, Collector, CpuError};
+use crate::measure::{self, Collector};
 use crate::peers::{self, PeerError, PeerRequest};
 use crate::report::{BroadcastReport, CompareRow, CpuReport, Report, Verification};
 use crate::scenario::{Scenario, Target};
 use crate::target::{Api, Credentials, Spawned, TargetError, SUBJECT};
+use pushfan_pushsim::cpu::{self, CpuError};
 
 /// Subscribers per `BulkImport` stream message.
 const IMPORT_CHUNK: u64 = 5_000;
@@ -151,14 +152,14 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
 
     let crypto_before = crypto(&fleet, &payload).await;
     let driver_pid = std::process::id();
-    let cpu_before = pids.iter().map(|&pid| measure::process_cpu(pid)).collect::<Result<Vec<_>, _>>()?;
-    let driver_before = measure::process_cpu(driver_pid)?;
+    let cpu_before = pids.iter().map(|&pid| cpu::process_cpu(pid)).collect::<Result<Vec<_>, _>>()?;
+    let driver_before = cpu::process_cpu(driver_pid)?;
     let window_start = Instant::now();
     let expected = expected_counts(scenario, &fleet)?;
     let broadcasts = publish_all(&client, scenario, &collector, &bars, expected.total).await?;
     let window_end = Instant::now();
-    let cpu_after = pids.iter().map(|&pid| measure::process_cpu(pid)).collect::<Result<Vec<_>, _>>()?;
-    let driver_after = measure::process_cpu(driver_pid)?;
+    let cpu_after = pids.iter().map(|&pid| cpu::process_cpu(pid)).collect::<Result<Vec<_>, _>>()?;
+    let driver_after = cpu::process_cpu(driver_pid)?;
     let crypto_after = crypto(&fleet, &payload).await;
     collector.settle(expected.total, Duration::from_secs(5)).await;
 
@@ -228,9 +229,13 @@ async fn crypto(fleet: &Fleet, payload: &Bytes) -> Duration {
     let population = fleet.population().clone();
     let payload = payload.clone();
     // A dedicated thread: the measurement is single-core CPU time, away from the async threads.
-    tokio::task::spawn_blocking(move || measure::crypto_per_push(&population, &payload, CRYPTO_MESSAGES))
-        .await
-        .expect("the crypto measurement does not panic")
+    tokio::task::spawn_blocking(move || {
+        let keys: Vec<_> =
+            (0..CRYPTO_MESSAGES.min(256)).map(|i| population.keys(i).subscription_keys().clone()).collect();
+        cpu::crypto_core_per_push(&keys, &payload, CRYPTO_MESSAGES)
+    })
+    .await
+    .expect("the crypto measurement does not panic")
 }
 
 /// Registers every subscriber through `BulkImport`, with its topics.

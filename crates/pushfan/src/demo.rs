@@ -11,7 +11,7 @@ use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
 use pushfan_proto::v1::publish_request::Target;
 use pushfan_proto::v1::{BulkImportRequest, Everyone, PublishRequest};
-use pushfan_pushsim::{Population, PushSim, PushSimConfig, Sample};
+use pushfan_pushsim::{cpu, Population, PushSim, PushSimConfig, Sample};
 use pushfan_webpush::b64;
 use pushfan_webpush::vapid::VapidKey;
 use tokio_stream::StreamExt as _;
@@ -19,7 +19,23 @@ use tokio_stream::StreamExt as _;
 use crate::app::{self, Roles};
 use crate::client::{self, Clients};
 use crate::config::{Config, TenantConfig, VapidKeyConfig};
-use crate::cpu;
+
+/// Thread name of the simulated push service's runtime: pushfan's CPU is the process's minus
+/// these threads'.
+const SIM_THREAD_NAME: &str = "pushsim";
+
+/// Messages the crypto core is timed on, before and after each broadcast.
+const CRYPTO_MESSAGES: u64 = 5_000;
+
+/// The crypto core's CPU per push, on a blocking thread away from the async ones.
+async fn crypto_core_per_push(
+    keys: &[pushfan_webpush::SubscriptionKeys],
+    payload: &Bytes,
+) -> anyhow::Result<std::time::Duration> {
+    let (keys, payload) = (keys.to_vec(), payload.clone());
+    Ok(tokio::task::spawn_blocking(move || cpu::crypto_core_per_push(&keys, &payload, CRYPTO_MESSAGES))
+        .await?)
+}
 
 /// What the demo does.
 #[derive(Debug, clap::Args)]
@@ -63,7 +79,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // The push service gets threads of its own, so pushfan's CPU can be told apart from its.
     let sim_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_name(cpu::SIM_THREAD_NAME)
+        .thread_name(SIM_THREAD_NAME)
         .enable_all()
         .build()
         .context("starting the simulated push service's runtime")?;
@@ -97,7 +113,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     import(&mut clients, sim.population(), args.quiet).await?;
     println!("registered {} subscribers in {:.1?}", args.subscribers, started.elapsed());
 
-    let crypto_sample: Vec<_> = (0..args.subscribers.min(5_000))
+    let crypto_sample: Vec<_> = (0..args.subscribers.min(CRYPTO_MESSAGES))
         .map(|i| sim.population().keys(i).subscription_keys().clone())
         .collect();
     let mut all_valid = true;
@@ -106,9 +122,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             println!("\nbroadcast {round} of {}", args.broadcasts);
         }
         sim.live_stats().reset();
-        let crypto_before = cpu::crypto_core_per_push(&crypto_sample, &payload)?;
+        let crypto_before = crypto_core_per_push(&crypto_sample, &payload).await?;
         let cpu_before = cpu_time::ProcessTime::now();
-        let sim_cpu_before = cpu::threads_cpu(cpu::SIM_THREAD_NAME)?;
+        let sim_cpu_before = cpu::threads_cpu(SIM_THREAD_NAME)?;
         let broadcast_id = clients
             .publish
             .publish(PublishRequest {
@@ -122,8 +138,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .broadcast_id;
         let (broadcast, elapsed) = clients.watch(&broadcast_id, !args.quiet).await?;
         let cpu = cpu_before.elapsed();
-        let pushfan_cpu = cpu.saturating_sub(cpu::threads_cpu(cpu::SIM_THREAD_NAME)? - sim_cpu_before);
-        let crypto = (crypto_before + cpu::crypto_core_per_push(&crypto_sample, &payload)?) / 2;
+        let pushfan_cpu = cpu.saturating_sub(cpu::threads_cpu(SIM_THREAD_NAME)? - sim_cpu_before);
+        let crypto = (crypto_before + crypto_core_per_push(&crypto_sample, &payload).await?) / 2;
         println!("{}", client::summary(&broadcast));
         let stats = sim.stats();
         let rate = broadcast.accepted as f64 / elapsed.as_secs_f64();

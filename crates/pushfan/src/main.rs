@@ -9,7 +9,6 @@
 mod app;
 mod client;
 mod config;
-mod cpu;
 mod demo;
 
 use std::path::PathBuf;

@@ -16,6 +16,7 @@
 //! `handle.tls().unwrap().client_config(&[b"h2"])`.
 
 pub mod check;
+pub mod cpu;
 pub mod faults;
 pub mod population;
 pub mod profile;

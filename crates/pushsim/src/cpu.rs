@@ -1,0 +1,131 @@
+//! CPU accounting for runs against the simulated push service: how much CPU pushfan used, set
+//! against the crypto core's cost per push measured in the same run. Shared by `pushfan demo`
+//! (pushfan and the service in one process, told apart by thread name) and the load-test
+//! harness (pushfan in processes of its own).
+
+use std::time::Duration;
+
+use pushfan_webpush::{encrypt, Backend, ContentEncoding, Padding, SubscriptionKeys};
+
+/// Linux reports `utime` and `stime` in USER_HZ ticks, which the kernel ABI fixes at 100/s.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// Why CPU time could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuError {
+    /// A `stat` file is unreadable (the process is gone, or not on this host).
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A `stat` file did not have the expected fields.
+    #[error("{path} has no utime/stime fields")]
+    Format {
+        /// The file.
+        path: String,
+    },
+}
+
+/// User plus system CPU time of process `pid` so far (all its threads).
+pub fn process_cpu(pid: u32) -> Result<Duration, CpuError> {
+    let path = format!("/proc/{pid}/stat");
+    let stat =
+        std::fs::read_to_string(&path).map_err(|source| CpuError::Read { path: path.clone(), source })?;
+    let (_, ticks) = parse_stat(&stat).ok_or(CpuError::Format { path })?;
+    Ok(from_ticks(ticks))
+}
+
+/// CPU used so far by this process's live threads whose name starts with `prefix`.
+pub fn threads_cpu(prefix: &str) -> Result<Duration, CpuError> {
+    let tasks = "/proc/self/task";
+    let read = |source| CpuError::Read { path: tasks.into(), source };
+    let mut ticks = 0;
+    for task in std::fs::read_dir(tasks).map_err(read)? {
+        let path = task.map_err(read)?.path().join("stat");
+        // A thread that ended since the listing has no stat any more, and no CPU to count.
+        let Ok(stat) = std::fs::read_to_string(&path) else { continue };
+        let (name, thread_ticks) =
+            parse_stat(&stat).ok_or_else(|| CpuError::Format { path: path.display().to_string() })?;
+        if name.starts_with(prefix) {
+            ticks += thread_ticks;
+        }
+    }
+    Ok(from_ticks(ticks))
+}
+
+/// The crypto core's cost: single-thread RFC 8291 encryption (aes128gcm, AWS-LC, a fresh
+/// ephemeral key per message, as pushfan's workers do) of `payload` for `messages` messages,
+/// cycling through `keys`. CPU time per message, measured on the calling thread.
+///
+/// # Panics
+/// If `keys` is empty, or the payload is too large to encrypt.
+pub fn crypto_core_per_push(keys: &[SubscriptionKeys], payload: &[u8], messages: u64) -> Duration {
+    assert!(!keys.is_empty(), "no keys to encrypt for");
+    let started = cpu_time::ThreadTime::now();
+    for key in keys.iter().cycle().take(messages as usize) {
+        let push = encrypt(Backend::AwsLc, key, ContentEncoding::Aes128gcm, payload, &Padding::None)
+            .expect("valid keys and a payload that fits");
+        std::hint::black_box(push);
+    }
+    started.elapsed() / messages.max(1) as u32
+}
+
+fn from_ticks(ticks: u64) -> Duration {
+    Duration::from_secs_f64(ticks as f64 / TICKS_PER_SECOND)
+}
+
+/// The name and utime + stime in ticks from a `/proc/…/stat` line, per proc(5). The name is
+/// parenthesised and may itself hold spaces and parentheses, hence the last `)`.
+fn parse_stat(stat: &str) -> Option<(&str, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?;
+    // After the name: state (field 3) … utime (14) and stime (15).
+    let mut rest = stat.get(close + 1..)?.split_ascii_whitespace().skip(11);
+    let utime: u64 = rest.next()?.parse().ok()?;
+    let stime: u64 = rest.next()?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_awkward_names_parse() {
+        let line = "4242 (tokio (rt) 1) S 1 2 3 4 5 6 7 8 9 10 1234 56 0 0 20 0 1 0 100 0 0";
+        assert_eq!(parse_stat(line), Some(("tokio (rt) 1", 1290)));
+        assert_eq!(parse_stat("4242 (short) S 1"), None);
+    }
+
+    #[test]
+    fn own_cpu_time_is_readable_and_grows() {
+        let pid = std::process::id();
+        let before = process_cpu(pid).unwrap();
+        let spin = cpu_time::ThreadTime::now();
+        while spin.elapsed() < Duration::from_millis(50) {
+            std::hint::black_box(0u64);
+        }
+        assert!(process_cpu(pid).unwrap() >= before);
+        assert!(matches!(process_cpu(u32::MAX), Err(CpuError::Read { .. })));
+    }
+
+    #[test]
+    fn a_threads_cpu_is_counted_under_its_name() {
+        let busy = std::thread::Builder::new()
+            .name("cpu-test-spin".into())
+            .spawn(|| {
+                let started = cpu_time::ThreadTime::now();
+                while started.elapsed() < Duration::from_millis(100) {
+                    std::hint::black_box(0u64);
+                }
+                threads_cpu("cpu-test-spin").unwrap()
+            })
+            .unwrap();
+        assert!(busy.join().unwrap() > Duration::ZERO, "a spinning thread shows CPU under its name");
+        assert_eq!(threads_cpu("no-such-thread-name").unwrap(), Duration::ZERO);
+    }
+}
