@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
+use crate::coalesce::Coalesced;
 use crate::GatewayError;
 
 /// A push service's answer, reduced to what [`pushfan_webpush::classify`] needs.
@@ -202,7 +203,7 @@ impl Connector {
         let tcp = TcpStream::connect((host, port)).await.map_err(|e| format!("connecting: {e}"))?;
         tcp.set_nodelay(true).map_err(|e| format!("setting TCP_NODELAY: {e}"))?;
         if !tls {
-            return handshake(tcp).await.map(Connected::H2);
+            return handshake(Coalesced::new(tcp)).await.map(Connected::H2);
         }
         let name = match host.parse::<IpAddr>() {
             Ok(ip) => ServerName::from(ip),
@@ -213,7 +214,7 @@ impl Connector {
             .await
             .map_err(|e| format!("TLS handshake: {e}"))?;
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-            handshake(stream).await.map(Connected::H2)
+            handshake(Coalesced::new(stream)).await.map(Connected::H2)
         } else {
             debug!(host, "push service does not speak HTTP/2; using HTTP/1.1");
             Ok(Connected::Http1)

@@ -11,6 +11,7 @@
 //! Endpoints are secrets: logs and errors only ever show [`Endpoint::redacted`] or the origin.
 
 mod client;
+mod coalesce;
 pub mod retry;
 
 use std::collections::HashMap;
