@@ -194,12 +194,12 @@ impl Inner {
         let created_at = <[u8; 4]>::try_from(created_at).map_err(|_| corrupt_meta())?;
         let mut counts = BroadcastCounts::default();
         let counter_prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Count);
-        for entry in self.ledger.prefix(&counter_prefix) {
-            let (key, value) = entry?;
-            let name = std::str::from_utf8(&key[counter_prefix.len()..]).unwrap_or("");
-            // A counter this version does not know (written by a newer one) is left out.
-            if let Some(counter) = counts.named_mut(name) {
-                *counter = read_u64(&value, "counter")?;
+        // One point read per known counter (one written by a newer version is left out). A
+        // prefix scan would step over every overwritten version the LSM tree still holds: at 1M
+        // subscribers that was 7% of the process's CPU, for a watcher polling a few times a second.
+        for (name, field) in ledger::COUNT_FIELDS {
+            if let Some(value) = self.ledger.get([&counter_prefix[..], name.as_bytes()].concat())? {
+                *field(&mut counts) = read_u64(&value, "counter")?;
             }
         }
         let mut rejections = Vec::new();
