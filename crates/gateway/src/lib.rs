@@ -166,11 +166,11 @@ impl Gateway {
             .into_iter()
             .map(|delivery| {
                 let name = delivery.endpoint.origin();
-                let origin = match local.get(&name) {
+                let origin = match local.get(name) {
                     Some(origin) => Arc::clone(origin),
                     None => {
-                        let origin = self.origin(&name);
-                        local.insert(name, Arc::clone(&origin));
+                        let origin = self.origin(name);
+                        local.insert(name.to_owned(), Arc::clone(&origin));
                         origin
                     }
                 };

@@ -55,7 +55,7 @@ fn message(
     let endpoint = sim.population().endpoint(to).unwrap();
     let keys = sim.population().keys(keys_of);
     let push = encrypt(Backend::AwsLc, keys.subscription_keys(), encoding, payload, &Padding::None).unwrap();
-    let token = signer.sign(&endpoint.origin(), now());
+    let token = signer.sign(endpoint.origin(), now());
     build_request(&endpoint, &push, &PushOptions::default(), &token).map(Full::new)
 }
 
@@ -143,7 +143,7 @@ async fn h2c_with_prior_knowledge() {
         &Padding::None,
     )
     .unwrap();
-    let token = signer.sign(&endpoint.origin(), now());
+    let token = signer.sign(endpoint.origin(), now());
     let request = build_request(&endpoint, &push, &PushOptions::default(), &token).map(Full::new);
     assert_eq!(send(&h2c_client(), request).await.status, StatusCode::CREATED);
     assert_eq!(sim.live_stats().receive_counts(), vec![1, 1]);

@@ -294,7 +294,7 @@ mod tests {
             Endpoint::parse("https://push.example.net/wpush/v2/abc", EndpointPolicy::default()).unwrap();
         let signer =
             VapidSigner::new(VapidKey::generate(), Subject::parse("mailto:ops@example.com").unwrap());
-        let token = signer.sign(&endpoint.origin(), 1_800_000_000);
+        let token = signer.sign(endpoint.origin(), 1_800_000_000);
         let options =
             PushOptions { ttl: 60, urgency: Urgency::High, topic: Some(Topic::parse("scores").unwrap()) };
 
