@@ -5,6 +5,7 @@
 # its Prometheus counter), so CPU per push with one and two workers can be compared.
 #
 #   loadtest/scaleout.sh [SCENARIO]        # default: broadcast-1m.toml at SUBSCRIBERS=100000
+#   WORKERS=1 SUBSCRIBERS=1000000 loadtest/scaleout.sh    # one cluster run at 1M
 #
 # Needs: release builds of pushfan and pushfan-loadtest in $CARGO_TARGET_DIR/release, redis-server,
 # tansu in ~/.cache/pushfan/tools/bin (scripts/setup.d/30-kafka.sh installs it), openssl, curl.
@@ -66,7 +67,7 @@ api_key=$(openssl rand -hex 24)
 vapid=$("$bin/pushfan" vapid generate | sed -n 's/^private_key = "\(.*\)"$/\1/p')
 
 roles=()
-for workers in 1 2; do
+for workers in ${WORKERS:-1 2}; do
   redis-cli -p "$redis_port" flushall >/dev/null
   config="$run/pushfan-$workers.toml"
   cat >"$config" <<EOF

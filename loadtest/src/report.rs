@@ -119,6 +119,11 @@ pub struct CpuReport {
     pub crypto_per_push_us_after: f64,
     /// pushfan CPU per push ÷ the mean crypto cost per push.
     pub pushfan_over_crypto: Option<f64>,
+    /// The same encryption on every core at once (`all_cores` threads), CPU per push, after the
+    /// broadcasts: what the crypto costs in the conditions a broadcast runs in.
+    pub crypto_all_cores_per_push_us: f64,
+    /// The threads of that measurement.
+    pub all_cores: usize,
     /// This process (driver and fleet: TLS, VAPID checks, decryption) over the window.
     pub driver_and_fleet_cpu_seconds: f64,
 }
@@ -266,6 +271,13 @@ impl Report {
             c.crypto_per_push_us_before,
             c.crypto_per_push_us_after,
             opt(c.pushfan_over_crypto, 2)
+        );
+        let _ = writeln!(
+            s,
+            "               crypto core on all {} cores at once: {:.1} µs/push; ratio to it {}",
+            c.all_cores,
+            c.crypto_all_cores_per_push_us,
+            opt(c.pushfan_cpu_per_push_us.map(|p| p / c.crypto_all_cores_per_push_us), 2)
         );
         if c.pushfan_pids.len() > 1 {
             let each: Vec<String> = c

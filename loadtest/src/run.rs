@@ -150,7 +150,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     import(&mut client, scenario, fleet.population(), &bars).await?;
     let import_seconds = import_started.elapsed().as_secs_f64();
 
-    let crypto_before = crypto(&fleet, &payload).await;
+    let crypto_before = crypto(&fleet, &payload, 1).await;
     let driver_pid = std::process::id();
     let cpu_before = pids.iter().map(|&pid| cpu::process_cpu(pid)).collect::<Result<Vec<_>, _>>()?;
     let driver_before = cpu::process_cpu(driver_pid)?;
@@ -160,7 +160,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     let window_end = Instant::now();
     let cpu_after = pids.iter().map(|&pid| cpu::process_cpu(pid)).collect::<Result<Vec<_>, _>>()?;
     let driver_after = cpu::process_cpu(driver_pid)?;
-    let crypto_after = crypto(&fleet, &payload).await;
+    let crypto_after = crypto(&fleet, &payload, 1).await;
+    let crypto_all_cores = crypto(&fleet, &payload, cores()).await;
     collector.settle(expected.total, Duration::from_secs(5)).await;
 
     let seconds = window_end.duration_since(window_start).as_secs_f64();
@@ -177,6 +178,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         crypto_per_push_us_before: crypto_before.as_secs_f64() * 1e6,
         crypto_per_push_us_after: crypto_after.as_secs_f64() * 1e6,
         pushfan_over_crypto: pushfan_cpu.map(|c| c * 1e6 / pushes.max(1) as f64 / crypto_us),
+        crypto_all_cores_per_push_us: crypto_all_cores.as_secs_f64() * 1e6,
+        all_cores: cores(),
         driver_and_fleet_cpu_seconds: (driver_after - driver_before).as_secs_f64(),
     };
 
@@ -225,17 +228,26 @@ fn payload(n: usize) -> Vec<u8> {
     vec![b'x'; n]
 }
 
-async fn crypto(fleet: &Fleet, payload: &Bytes) -> Duration {
+/// The crypto core's CPU per push on `threads` threads at once (1: the reference the targets use).
+async fn crypto(fleet: &Fleet, payload: &Bytes, threads: usize) -> Duration {
     let population = fleet.population().clone();
     let payload = payload.clone();
-    // A dedicated thread: the measurement is single-core CPU time, away from the async threads.
+    // Dedicated threads: the measurement is CPU time, away from the async threads.
     tokio::task::spawn_blocking(move || {
         let keys: Vec<_> =
             (0..CRYPTO_MESSAGES.min(256)).map(|i| population.keys(i).subscription_keys().clone()).collect();
-        cpu::crypto_core_per_push(&keys, &payload, CRYPTO_MESSAGES)
+        if threads == 1 {
+            cpu::crypto_core_per_push(&keys, &payload, CRYPTO_MESSAGES)
+        } else {
+            cpu::crypto_core_per_push_parallel(&keys, &payload, CRYPTO_MESSAGES, threads)
+        }
     })
     .await
     .expect("the crypto measurement does not panic")
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// Registers every subscriber through `BulkImport`, with its topics.

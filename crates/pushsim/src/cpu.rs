@@ -73,6 +73,29 @@ pub fn crypto_core_per_push(keys: &[SubscriptionKeys], payload: &[u8], messages:
     started.elapsed() / messages.max(1) as u32
 }
 
+/// [`crypto_core_per_push`] on `threads` threads at once, each encrypting its share: CPU time
+/// per message summed over the threads. Set against the one-thread figure it shows what running
+/// every core costs the crypto itself (shared caches, clocks), the condition a broadcast runs in.
+///
+/// # Panics
+/// As [`crypto_core_per_push`].
+pub fn crypto_core_per_push_parallel(
+    keys: &[SubscriptionKeys],
+    payload: &[u8],
+    messages: u64,
+    threads: usize,
+) -> Duration {
+    let threads = threads.max(1);
+    let share = messages.div_ceil(threads as u64).max(1);
+    let total: Duration = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| scope.spawn(|| crypto_core_per_push(keys, payload, share) * share as u32))
+            .collect();
+        workers.into_iter().map(|worker| worker.join().expect("the crypto measurement does not panic")).sum()
+    });
+    total / (share * threads as u64) as u32
+}
+
 fn from_ticks(ticks: u64) -> Duration {
     Duration::from_secs_f64(ticks as f64 / TICKS_PER_SECOND)
 }
@@ -127,5 +150,13 @@ mod tests {
             .unwrap();
         assert!(busy.join().unwrap() > Duration::ZERO, "a spinning thread shows CPU under its name");
         assert_eq!(threads_cpu("no-such-thread-name").unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_crypto_core_is_timed_on_one_thread_and_on_several() {
+        let population = crate::Population::new(7, 4);
+        let keys: Vec<_> = (0..4).map(|i| population.keys(i).subscription_keys().clone()).collect();
+        assert!(crypto_core_per_push(&keys, b"payload", 8) > Duration::ZERO);
+        assert!(crypto_core_per_push_parallel(&keys, b"payload", 8, 2) > Duration::ZERO);
     }
 }
