@@ -1,6 +1,7 @@
 //! A run's results: the JSON written to disk, a text summary for the terminal, and an SVG of
 //! throughput and latency over time.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -124,6 +125,9 @@ pub struct CpuReport {
     pub crypto_all_cores_per_push_us: f64,
     /// The threads of that measurement.
     pub all_cores: usize,
+    /// Per process (in `pushfan_pids` order), CPU seconds over the window by thread name
+    /// (numbers dropped; threads that ended meanwhile are missing): `crypto` is the encryption.
+    pub thread_groups_per_pid: Vec<BTreeMap<String, f64>>,
     /// This process (driver and fleet: TLS, VAPID checks, decryption) over the window.
     pub driver_and_fleet_cpu_seconds: f64,
 }
@@ -279,6 +283,17 @@ impl Report {
             c.crypto_all_cores_per_push_us,
             opt(c.pushfan_cpu_per_push_us.map(|p| p / c.crypto_all_cores_per_push_us), 2)
         );
+        for (pid, groups) in c.pushfan_pids.iter().zip(&c.thread_groups_per_pid) {
+            let mut busiest: Vec<_> = groups.iter().filter(|(_, s)| **s >= 0.01).collect();
+            busiest.sort_by(|a, b| b.1.total_cmp(a.1));
+            let shown: Vec<String> = busiest
+                .iter()
+                .map(|(name, s)| {
+                    format!("{name} {s:.2} s ({:.1} µs/push)", *s * 1e6 / self.pushes.max(1) as f64)
+                })
+                .collect();
+            let _ = writeln!(s, "  threads      pid {pid}: {}", shown.join(", "));
+        }
         if c.pushfan_pids.len() > 1 {
             let each: Vec<String> = c
                 .pushfan_pids

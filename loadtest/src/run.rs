@@ -2,6 +2,7 @@
 //! core timed, broadcasts published and watched, CPU read, every subscriber's count checked,
 //! peers run side by side, and the [`Report`] assembled.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -153,12 +154,14 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     let crypto_before = crypto(&fleet, &payload, 1).await;
     let driver_pid = std::process::id();
     let cpu_before = pids.iter().map(|&pid| cpu::process_cpu(pid)).collect::<Result<Vec<_>, _>>()?;
+    let threads_before = pids.iter().map(|&pid| cpu::threads_by_name(pid)).collect::<Result<Vec<_>, _>>()?;
     let driver_before = cpu::process_cpu(driver_pid)?;
     let window_start = Instant::now();
     let expected = expected_counts(scenario, &fleet)?;
     let broadcasts = publish_all(&client, scenario, &collector, &bars, expected.total).await?;
     let window_end = Instant::now();
     let cpu_after = pids.iter().map(|&pid| cpu::process_cpu(pid)).collect::<Result<Vec<_>, _>>()?;
+    let threads_after = pids.iter().map(|&pid| cpu::threads_by_name(pid)).collect::<Result<Vec<_>, _>>()?;
     let driver_after = cpu::process_cpu(driver_pid)?;
     let crypto_after = crypto(&fleet, &payload, 1).await;
     let crypto_all_cores = crypto(&fleet, &payload, cores()).await;
@@ -179,6 +182,11 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         crypto_per_push_us_after: crypto_after.as_secs_f64() * 1e6,
         pushfan_over_crypto: pushfan_cpu.map(|c| c * 1e6 / pushes.max(1) as f64 / crypto_us),
         crypto_all_cores_per_push_us: crypto_all_cores.as_secs_f64() * 1e6,
+        thread_groups_per_pid: threads_before
+            .iter()
+            .zip(&threads_after)
+            .map(|(b, a)| window_cpu(b, a))
+            .collect(),
         all_cores: cores(),
         driver_and_fleet_cpu_seconds: (driver_after - driver_before).as_secs_f64(),
     };
@@ -226,6 +234,21 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
 /// checks every sender's messages against the same plaintext.
 fn payload(n: usize) -> Vec<u8> {
     vec![b'x'; n]
+}
+
+/// Each thread group's CPU seconds between two readings; a group that started meanwhile counts
+/// from zero.
+fn window_cpu(
+    before: &BTreeMap<String, Duration>,
+    after: &BTreeMap<String, Duration>,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(group, cpu)| {
+            let earlier = before.get(group).copied().unwrap_or_default();
+            (group.clone(), cpu.saturating_sub(earlier).as_secs_f64())
+        })
+        .collect()
 }
 
 /// The crypto core's CPU per push on `threads` threads at once (1: the reference the targets use).

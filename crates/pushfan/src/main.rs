@@ -132,6 +132,8 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Named, so CPU accounting (the load-test harness, `top -H`) tells encryption from the rest.
+    rayon::ThreadPoolBuilder::new().thread_name(|i| format!("crypto-{i}")).build_global()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(cli))
 }

@@ -3,6 +3,7 @@
 //! (pushfan and the service in one process, told apart by thread name) and the load-test
 //! harness (pushfan in processes of its own).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pushfan_webpush::{encrypt, Backend, ContentEncoding, Padding, SubscriptionKeys};
@@ -54,6 +55,24 @@ pub fn threads_cpu(prefix: &str) -> Result<Duration, CpuError> {
         }
     }
     Ok(from_ticks(ticks))
+}
+
+/// CPU used so far by each group of process `pid`'s live threads, grouped by thread name with
+/// any trailing number dropped (`crypto-0` and `crypto-1` are `crypto`). Threads that ended
+/// are not counted: set against [`process_cpu`] it shows where most of the time went.
+pub fn threads_by_name(pid: u32) -> Result<BTreeMap<String, Duration>, CpuError> {
+    let tasks = format!("/proc/{pid}/task");
+    let read = |source| CpuError::Read { path: tasks.clone(), source };
+    let mut groups = BTreeMap::new();
+    for task in std::fs::read_dir(&tasks).map_err(read)? {
+        let path = task.map_err(read)?.path().join("stat");
+        let Ok(stat) = std::fs::read_to_string(&path) else { continue };
+        let (name, ticks) =
+            parse_stat(&stat).ok_or_else(|| CpuError::Format { path: path.display().to_string() })?;
+        let group = name.trim_end_matches(|c: char| c.is_ascii_digit() || matches!(c, '-' | '#' | ' '));
+        *groups.entry(group.to_owned()).or_default() += from_ticks(ticks);
+    }
+    Ok(groups)
 }
 
 /// The crypto core's cost: single-thread RFC 8291 encryption (aes128gcm, AWS-LC, a fresh
@@ -150,6 +169,31 @@ mod tests {
             .unwrap();
         assert!(busy.join().unwrap() > Duration::ZERO, "a spinning thread shows CPU under its name");
         assert_eq!(threads_cpu("no-such-thread-name").unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn threads_are_grouped_by_name_without_their_number() {
+        // Both threads stay alive, parked on the barrier, until they have been listed.
+        let listed = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let spin = |name: &str| {
+            let listed = std::sync::Arc::clone(&listed);
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    listed.wait();
+                    listed.wait();
+                })
+                .unwrap()
+        };
+        let threads = [spin("grouped-0"), spin("grouped-1")];
+        listed.wait();
+        let groups = threads_by_name(std::process::id()).unwrap();
+        listed.wait();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert!(groups.contains_key("grouped"), "{groups:?}");
+        assert!(!groups.contains_key("grouped-0"), "{groups:?}");
     }
 
     #[test]
