@@ -495,6 +495,7 @@ mod tests {
             assert!(Endpoint::serialized_origin_len(raw, policy).is_some(), "{raw:?}");
         }
         assert!(Endpoint::serialized_origin_len("http://127.0.0.1:8080/p/1", policy).is_some());
+        assert!(Endpoint::serialized_origin_len("https://127.0.0.1:41234/push/5", policy).is_some());
     }
 
     #[test]
