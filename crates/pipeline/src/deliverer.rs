@@ -67,7 +67,7 @@ async fn deliver_batch<B: Bus>(
     for on_bus in &batch.deliveries {
         let id = SubscriptionId::parse_hex(&on_bus.subscription_id)
             .map_err(|e| PlanError::Invalid { field: "subscription_id", reason: e.to_string() })?;
-        match Endpoint::from_serialized(&on_bus.endpoint, pipeline.config.endpoint_policy) {
+        match Endpoint::from_serialized(on_bus.endpoint.as_str(), pipeline.config.endpoint_policy) {
             Ok(endpoint) => {
                 deliveries.push(Delivery { tag: id, endpoint, push: plan::encrypted_push(on_bus)? })
             }

@@ -124,7 +124,7 @@ pub(crate) fn decode(
     let vapid_key = VapidKeyId(read_varint(&mut rest)?);
     let endpoint = decode_endpoint(&mut rest)?;
     // Import already applied the deployment's endpoint policy; here only well-formedness matters.
-    let endpoint = Endpoint::from_serialized(&endpoint, EndpointPolicy::allow_http_loopback())
+    let endpoint = Endpoint::from_serialized(endpoint, EndpointPolicy::allow_http_loopback())
         .map_err(RecordError::BadEndpoint)?;
     let topics = decode_topics(&mut rest)?;
     if !rest.is_empty() {

@@ -106,10 +106,15 @@ impl Endpoint {
     /// the scheme, the policy and the shape of the origin are checked here, the rest was
     /// validated by [`Endpoint::parse`] before it was written. Text that does not look like
     /// that goes through the full parse, which names what is wrong with it.
-    pub fn from_serialized(text: &str, policy: EndpointPolicy) -> Result<Self, SubscriptionError> {
-        Self::serialized_origin_len(text, policy)
-            .map(|origin_len| Self { url: text.into(), origin_len })
-            .map_or_else(|| Self::parse(text, policy), Ok)
+    pub fn from_serialized(
+        text: impl Into<String>,
+        policy: EndpointPolicy,
+    ) -> Result<Self, SubscriptionError> {
+        let text = text.into();
+        match Self::serialized_origin_len(&text, policy) {
+            Some(origin_len) => Ok(Self { url: text.into_boxed_str(), origin_len }),
+            None => Self::parse(&text, policy),
+        }
     }
 
     /// Where the origin of a normalised http(s) URL ends, if `text` is one `policy` allows.
@@ -121,39 +126,42 @@ impl Endpoint {
         };
         // A normalised http(s) URL always has a path, so the origin ends at the first '/'.
         let authority = &rest[..rest.find('/')?];
-        let normalised_host =
-            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-');
         let default_port = if scheme_len == 8 { 443 } else { 80 };
         let host = match authority.rsplit_once(':') {
             // As written by a parser: no default port, no leading zeros.
             Some((host, port)) => match port.parse::<u16>() {
-                Ok(number) if number != default_port && number.to_string() == port => host,
+                Ok(number) if number != default_port && !port.starts_with('0') => host,
                 _ => return None,
             },
             None => authority,
         };
-        if !host.chars().all(normalised_host) || host.split('.').any(|label| label.is_empty()) {
+        let normalised_host =
+            |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-');
+        if !host.bytes().all(normalised_host) || host.split('.').any(str::is_empty) {
             return None;
         }
         // Hosts a URL parser would rewrite: numbers (IPv4 in any notation) unless already in
-        // dotted-decimal form, and IDNA labels, which it would check.
+        // dotted-decimal form (which the standard library's parser insists on), and IDNA
+        // labels, which it would check.
         let numeric = |label: &str| label.bytes().all(|b| b.is_ascii_digit()) || label.starts_with("0x");
-        if host.split('.').any(numeric)
-            && host.parse::<std::net::Ipv4Addr>().map_or(true, |ip| ip.to_string() != host)
-        {
+        if host.split('.').any(numeric) && host.parse::<std::net::Ipv4Addr>().is_err() {
             return None;
         }
         if host.contains("xn--") || (scheme_len == 7 && !is_loopback_name(host)) {
             return None;
         }
         // The path and query as a parser leaves them: nothing it would percent-encode, no
-        // fragment, no dot segments.
+        // fragment, no dot segments (`%2e` is a dot to it, so any is sent the long way).
         let path = &rest[authority.len()..];
-        let kept = |b: u8| b.is_ascii_graphic() && !b"\"<>\\^`{|}'#".contains(&b);
-        let dot_segment = path
-            .split(['/', '?'])
-            .any(|segment| segment == "." || segment == ".." || segment.to_ascii_lowercase().contains("%2e"));
-        if !path.bytes().all(kept) || dot_segment {
+        let kept = |b: u8| {
+            matches!(b, b'!'..=b'~')
+                && !matches!(b, b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}' | b'\'' | b'#')
+        };
+        let encoded_dot =
+            path.as_bytes().windows(3).any(|w| w[0] == b'%' && w[1] == b'2' && w[2] | 0x20 == b'e');
+        let before_query = path.split('?').next().unwrap_or_default();
+        let dot_segment = before_query.split('/').any(|segment| segment == "." || segment == "..");
+        if !path.bytes().all(kept) || encoded_dot || dot_segment {
             return None;
         }
         Some(scheme_len + authority.len())
