@@ -19,7 +19,7 @@ use pushfan_bus::{Bus, MessageContext};
 use pushfan_gateway::{Delivery, FinalOutcome, Message, Pending, Progress, Report};
 use pushfan_store::{DeliveryOutcome, DeliveryResult, SubscriptionId, UnixSeconds, VapidKeyId};
 use pushfan_webpush::Endpoint;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -67,18 +67,37 @@ struct Waiter {
 
 impl Waiter {
     async fn wait_until(&self, ready_at: Instant) {
-        let Ok(parked) = Arc::clone(&self.parking).try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(&self.parking).try_acquire_owned() else {
             tokio::time::sleep_until(ready_at).await;
             return;
         };
-        let gauge = metrics::gauge!("pushfan_deliverer_parked_batches");
-        gauge.increment(1.0);
+        let parked = Parked::new(permit);
         self.slot.release();
         tokio::time::sleep_until(ready_at).await;
         // Still parked (in memory, not working) until a place is free again.
         self.slot.reacquire().await;
-        gauge.decrement(1.0);
         drop(parked);
+    }
+}
+
+/// A parked batch's claim on `parked_batches`, counted in `pushfan_deliverer_parked_batches`
+/// for as long as it lives (a batch dropped at shutdown included).
+struct Parked {
+    _permit: OwnedSemaphorePermit,
+    gauge: metrics::Gauge,
+}
+
+impl Parked {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        let gauge = metrics::gauge!("pushfan_deliverer_parked_batches");
+        gauge.increment(1.0);
+        Self { _permit: permit, gauge }
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
     }
 }
 
