@@ -46,7 +46,8 @@ pub enum GatewayError {
 pub struct GatewayConfig {
     /// Requests on the wire per push-service origin at once.
     pub max_in_flight_per_origin: usize,
-    /// Deliveries one [`Gateway::send_all`] call works on at once, across origins.
+    /// Deliveries one [`Gateway::send_all`] or [`Gateway::send_ready`] call works on at once,
+    /// across origins.
     pub max_in_flight: usize,
     /// One request, response body included.
     pub request_timeout: Duration,
