@@ -196,7 +196,7 @@ impl Gateway {
         // No span per delivery: entering one on every poll cost more than the push's own
         // bookkeeping. The caller's span (the batch's) is current whenever the stream is polled.
         stream::iter(self.route(deliveries.into_iter().map(Pending::from)))
-            .map(move |(origin, pending)| async move { self.deliver(message, &origin, pending).await })
+            .map(move |(origin, pending)| self.deliver(message, origin, pending))
             .buffer_unordered(self.inner.config.max_in_flight)
     }
 
@@ -210,7 +210,7 @@ impl Gateway {
         pending: Vec<Pending<T>>,
     ) -> impl Stream<Item = Progress<T>> + Send + 'a {
         stream::iter(self.route(pending))
-            .map(move |(origin, pending)| async move { self.step(message, &origin, pending).await })
+            .map(move |(origin, pending)| self.step(message, origin, pending))
             .buffer_unordered(self.inner.config.max_in_flight)
     }
 
@@ -249,9 +249,9 @@ impl Gateway {
     }
 
     /// Steps `pending` to its end, sleeping through every wait.
-    async fn deliver<T>(&self, message: &Message, origin: &Origin, mut pending: Pending<T>) -> Report<T> {
+    async fn deliver<T>(&self, message: &Message, origin: Arc<Origin>, mut pending: Pending<T>) -> Report<T> {
         loop {
-            match self.step(message, origin, pending).await {
+            match self.step(message, Arc::clone(&origin), pending).await {
                 Progress::Done(report) => return report,
                 Progress::Waiting(waiting) => {
                     if let Some(ready_at) = waiting.ready_at {
@@ -264,8 +264,9 @@ impl Gateway {
     }
 
     /// Attempts `pending` until it finishes or has to wait for its origin's pause or its own
-    /// backoff to end.
-    async fn step<T>(&self, message: &Message, origin: &Origin, mut pending: Pending<T>) -> Progress<T> {
+    /// backoff to end. Takes the origin by value so that `send_ready`'s stream holds this future
+    /// alone, not a wrapper that keeps a second copy of the delivery.
+    async fn step<T>(&self, message: &Message, origin: Arc<Origin>, mut pending: Pending<T>) -> Progress<T> {
         loop {
             // The pause is read again before every attempt: another delivery's 429 may have
             // extended it while this one was away.
@@ -282,7 +283,7 @@ impl Gateway {
             let attempt = {
                 let _permit = origin.in_flight.acquire().await.expect("origin semaphores are never closed");
                 pending.attempts += 1;
-                let attempt = self.attempt(message, origin, delivery).await;
+                let attempt = self.attempt(message, &origin, delivery).await;
                 let held_back = origin.held_back.swap(0, Ordering::AcqRel);
                 if held_back > 0 {
                     origin.in_flight.add_permits(held_back);
@@ -312,7 +313,7 @@ impl Gateway {
                 }
                 Next::Retry { delay, pause_origin } => {
                     if let Some(pause) = pause_origin {
-                        self.pause(origin, pause);
+                        self.pause(&origin, pause);
                     }
                     metrics::counter!("pushfan_gateway_retries_total").increment(1);
                     pending.ready_at = Some(Instant::now() + delay);
