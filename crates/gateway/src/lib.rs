@@ -46,7 +46,8 @@ pub enum GatewayError {
 pub struct GatewayConfig {
     /// Requests on the wire per push-service origin at once.
     pub max_in_flight_per_origin: usize,
-    /// Deliveries one [`Gateway::send_all`] call works on at once, across origins.
+    /// Deliveries one [`Gateway::send_all`] or [`Gateway::send_ready`] call works on at once,
+    /// across origins.
     pub max_in_flight: usize,
     /// One request, response body included.
     pub request_timeout: Duration,
@@ -110,6 +111,38 @@ pub struct Report<T> {
     pub attempts: u32,
 }
 
+/// A delivery between attempts, as [`Gateway::send_ready`] takes and hands back.
+#[derive(Debug)]
+pub struct Pending<T> {
+    delivery: Delivery<T>,
+    /// Requests made so far.
+    attempts: u32,
+    /// No attempt before this (a backoff or the origin's pause); `None` for a new delivery.
+    ready_at: Option<Instant>,
+}
+
+impl<T> Pending<T> {
+    /// When its next attempt may start; `None` for a delivery not yet tried.
+    pub fn ready_at(&self) -> Option<Instant> {
+        self.ready_at
+    }
+}
+
+impl<T> From<Delivery<T>> for Pending<T> {
+    fn from(delivery: Delivery<T>) -> Self {
+        Self { delivery, attempts: 0, ready_at: None }
+    }
+}
+
+/// Where one delivery stands after [`Gateway::send_ready`].
+#[derive(Debug)]
+pub enum Progress<T> {
+    /// It ended.
+    Done(Report<T>),
+    /// It has to wait: send it again once its [`Pending::ready_at`] has come.
+    Waiting(Pending<T>),
+}
+
 /// Per-origin state: the in-flight bound and the throttle.
 #[derive(Debug)]
 struct Origin {
@@ -160,12 +193,35 @@ impl Gateway {
         message: &'a Message,
         deliveries: Vec<Delivery<T>>,
     ) -> impl Stream<Item = Report<T>> + Send + 'a {
-        // Resolve each origin once per call rather than taking the shared map's lock per push.
+        // No span per delivery: entering one on every poll cost more than the push's own
+        // bookkeeping. The caller's span (the batch's) is current whenever the stream is polled.
+        stream::iter(self.route(deliveries.into_iter().map(Pending::from)))
+            .map(move |(origin, pending)| self.deliver(message, origin, pending))
+            .buffer_unordered(self.inner.config.max_in_flight)
+    }
+
+    /// Like [`Gateway::send_all`], but a delivery that would have to wait (its origin paused by a
+    /// 429/503, or backing off before a retry) is handed back as [`Progress::Waiting`] instead
+    /// of waiting here, so the caller can let go of what it holds meanwhile and send it again
+    /// (with the others still waiting) once its [`Pending::ready_at`] has come.
+    pub fn send_ready<'a, T: Send + Sync + 'a>(
+        &'a self,
+        message: &'a Message,
+        pending: Vec<Pending<T>>,
+    ) -> impl Stream<Item = Progress<T>> + Send + 'a {
+        stream::iter(self.route(pending))
+            .map(move |(origin, pending)| self.step(message, origin, pending))
+            .buffer_unordered(self.inner.config.max_in_flight)
+    }
+
+    /// Pairs each delivery with its origin, resolving each origin once per call rather than
+    /// taking the shared map's lock per push.
+    fn route<T>(&self, pending: impl IntoIterator<Item = Pending<T>>) -> Vec<(Arc<Origin>, Pending<T>)> {
         let mut local: HashMap<String, Arc<Origin>> = HashMap::new();
-        let routed: Vec<(Arc<Origin>, Delivery<T>)> = deliveries
+        pending
             .into_iter()
-            .map(|delivery| {
-                let name = delivery.endpoint.origin();
+            .map(|pending| {
+                let name = pending.delivery.endpoint.origin();
                 let origin = match local.get(name) {
                     Some(origin) => Arc::clone(origin),
                     None => {
@@ -174,14 +230,9 @@ impl Gateway {
                         origin
                     }
                 };
-                (origin, delivery)
+                (origin, pending)
             })
-            .collect();
-        // No span per delivery: entering one on every poll cost more than the push's own
-        // bookkeeping. The caller's span (the batch's) is current whenever the stream is polled.
-        stream::iter(routed)
-            .map(move |(origin, delivery)| self.deliver(message, origin, delivery))
-            .buffer_unordered(self.inner.config.max_in_flight)
+            .collect()
     }
 
     fn origin(&self, name: &str) -> Arc<Origin> {
@@ -197,14 +248,42 @@ impl Gateway {
         }))
     }
 
-    async fn deliver<T>(&self, message: &Message, origin: Arc<Origin>, delivery: Delivery<T>) -> Report<T> {
-        let mut attempts = 0;
+    /// Steps `pending` to its end, sleeping through every wait.
+    async fn deliver<T>(&self, message: &Message, origin: Arc<Origin>, mut pending: Pending<T>) -> Report<T> {
         loop {
-            self.wait_while_paused(&origin).await;
+            match self.step(message, Arc::clone(&origin), pending).await {
+                Progress::Done(report) => return report,
+                Progress::Waiting(waiting) => {
+                    if let Some(ready_at) = waiting.ready_at {
+                        tokio::time::sleep_until(ready_at).await;
+                    }
+                    pending = waiting;
+                }
+            }
+        }
+    }
+
+    /// Attempts `pending` until it finishes or has to wait for its origin's pause or its own
+    /// backoff to end. Takes the origin by value so that `send_ready`'s stream holds this future
+    /// alone, not a wrapper that keeps a second copy of the delivery.
+    async fn step<T>(&self, message: &Message, origin: Arc<Origin>, mut pending: Pending<T>) -> Progress<T> {
+        loop {
+            // The pause is read again before every attempt: another delivery's 429 may have
+            // extended it while this one was away.
+            let paused_until = origin.paused_until_ms.load(Ordering::Acquire);
+            if paused_until > 0 || pending.ready_at.is_some() {
+                let paused_until = self.inner.epoch + Duration::from_millis(paused_until);
+                let until = pending.ready_at.map_or(paused_until, |ready| ready.max(paused_until));
+                if until > Instant::now() {
+                    pending.ready_at = Some(until);
+                    return Progress::Waiting(pending);
+                }
+            }
+            let delivery = &pending.delivery;
             let attempt = {
                 let _permit = origin.in_flight.acquire().await.expect("origin semaphores are never closed");
-                attempts += 1;
-                let attempt = self.attempt(message, &origin, &delivery).await;
+                pending.attempts += 1;
+                let attempt = self.attempt(message, &origin, delivery).await;
                 let held_back = origin.held_back.swap(0, Ordering::AcqRel);
                 if held_back > 0 {
                     origin.in_flight.add_permits(held_back);
@@ -216,21 +295,28 @@ impl Gateway {
                     .increment(1);
             }
             let now = SystemTime::now();
-            match self.inner.config.retry.next(attempt, attempts, now, message.expires_at, fastrand::f64()) {
+            match self.inner.config.retry.next(
+                attempt,
+                pending.attempts,
+                now,
+                message.expires_at,
+                fastrand::f64(),
+            ) {
                 Next::Finish(outcome) => {
                     metrics::counter!("pushfan_gateway_deliveries_total", "outcome" => outcome.label())
                         .increment(1);
                     if let FinalOutcome::Rejected { status, reason } = &outcome {
                         debug!(endpoint = %delivery.endpoint, status, reason, "push rejected");
                     }
-                    return Report { tag: delivery.tag, outcome, attempts };
+                    let Pending { delivery, attempts, .. } = pending;
+                    return Progress::Done(Report { tag: delivery.tag, outcome, attempts });
                 }
                 Next::Retry { delay, pause_origin } => {
                     if let Some(pause) = pause_origin {
                         self.pause(&origin, pause);
                     }
                     metrics::counter!("pushfan_gateway_retries_total").increment(1);
-                    tokio::time::sleep(delay).await;
+                    pending.ready_at = Some(Instant::now() + delay);
                 }
             }
         }
@@ -261,17 +347,6 @@ impl Gateway {
         };
         metrics::histogram!("pushfan_gateway_request_seconds").record(started.elapsed().as_secs_f64());
         attempt
-    }
-
-    async fn wait_while_paused(&self, origin: &Origin) {
-        loop {
-            let until =
-                self.inner.epoch + Duration::from_millis(origin.paused_until_ms.load(Ordering::Acquire));
-            if until <= Instant::now() {
-                return;
-            }
-            tokio::time::sleep_until(until).await;
-        }
     }
 
     fn pause(&self, origin: &Origin, pause: Duration) {

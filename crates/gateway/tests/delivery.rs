@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use pushfan_gateway::{Delivery, FinalOutcome, Gateway, GatewayConfig, Message, Report, RetryPolicy};
+use pushfan_gateway::{
+    Delivery, FinalOutcome, Gateway, GatewayConfig, Message, Pending, Progress, Report, RetryPolicy,
+};
 use pushfan_pushsim::{Burst, FaultPlan, Population, PushSim, PushSimConfig, PushSimHandle, Selection};
 use pushfan_webpush::vapid::{Subject, TokenCache, VapidKey, VapidSigner};
 use pushfan_webpush::{encrypt, Backend, ContentEncoding, Padding, PushOptions};
@@ -110,6 +112,53 @@ async fn gone_throttled_and_failing_subscribers_are_handled_by_the_rfc8030_rules
     assert_eq!((stats.status(410), stats.status(404), stats.status(429), stats.status(500)), (2, 1, 2, 2));
     assert_eq!(stats.status(201), 7);
     assert_eq!(stats.received.exactly_one, 7);
+}
+
+/// One [`Gateway::send_ready`] round: what ended and what has to wait.
+async fn round(
+    gateway: &Gateway,
+    message: &Message,
+    pending: Vec<Pending<u64>>,
+) -> (Vec<Report<u64>>, Vec<Pending<u64>>) {
+    let (mut done, mut waiting) = (Vec::new(), Vec::new());
+    let mut progress = std::pin::pin!(gateway.send_ready(message, pending));
+    while let Some(step) = progress.next().await {
+        match step {
+            Progress::Done(report) => done.push(report),
+            Progress::Waiting(pending) => waiting.push(pending),
+        }
+    }
+    done.sort_by_key(|r| r.tag);
+    (done, waiting)
+}
+
+#[tokio::test]
+async fn send_ready_hands_back_what_has_to_wait_instead_of_waiting() {
+    let faults = FaultPlan {
+        throttle: Burst { selection: Selection::indices([2]), first: 1 },
+        // Long enough that the second round surely comes before it.
+        retry_after_secs: 2,
+        ..FaultPlan::default()
+    };
+    let sim = start(4, false, faults).await;
+    let gateway = gateway(&sim, fast_retries());
+    let message = message(3600);
+    let pending = deliveries(&sim, 4).into_iter().map(Pending::from).collect();
+    let (done, waiting) = round(&gateway, &message, pending).await;
+    assert_eq!(done.iter().map(|r| (r.tag, r.attempts)).collect::<Vec<_>>(), [(0, 1), (1, 1), (3, 1)]);
+    assert_eq!(waiting.len(), 1, "subscriber 2 was told to come back");
+    let ready_at = waiting[0].ready_at().expect("a throttled delivery waits");
+    // Sent again while its origin is paused, it comes straight back without a request.
+    let (done, waiting) = round(&gateway, &message, waiting).await;
+    assert!(done.is_empty());
+    assert_eq!(waiting[0].ready_at(), Some(ready_at));
+    assert_eq!((sim.stats().status(429), sim.stats().status(201)), (1, 3));
+    tokio::time::sleep_until(ready_at).await;
+    let (done, waiting) = round(&gateway, &message, waiting).await;
+    assert!(waiting.is_empty());
+    assert_eq!((done[0].tag, &done[0].outcome, done[0].attempts), (2, &FinalOutcome::Accepted, 2));
+    let stats = sim.stats();
+    assert_eq!((stats.status(429), stats.status(201), stats.received.exactly_one), (1, 4, 4));
 }
 
 #[tokio::test]

@@ -56,6 +56,10 @@ pub struct PipelineConfig {
     pub concurrent_shard_jobs: usize,
     /// Delivery batches one deliverer works on at once.
     pub concurrent_batches: usize,
+    /// Delivery batches one deliverer may hold besides those, each waiting for a paused push
+    /// service or a retry backoff without taking one of the `concurrent_batches` places; 0
+    /// keeps waiting batches in their place. Bounds memory at `MAX_BATCH_BYTES` each.
+    pub parked_batches: usize,
     /// Which crypto backend encrypts.
     pub backend: Backend,
     /// Padding to hide payload lengths.
@@ -72,6 +76,7 @@ impl Default for PipelineConfig {
             page_size: 512,
             concurrent_shard_jobs: 4,
             concurrent_batches: 8,
+            parked_batches: 128,
             backend: Backend::default(),
             padding: Padding::None,
             endpoint_policy: EndpointPolicy::default(),
@@ -153,6 +158,43 @@ impl From<pushfan_bus::BusError> for HandleError {
     }
 }
 
+/// A handler's hold on one of its loop's `concurrency` places. A handler that has nothing to do
+/// for a while (a delivery batch whose deliveries all wait on a throttling push service) lets go
+/// of it, so another message can be worked on meanwhile, and takes one again before it goes on.
+#[derive(Clone, Debug)]
+pub(crate) struct Slot(Arc<SlotState>);
+
+#[derive(Debug)]
+struct SlotState {
+    places: Arc<tokio::sync::Semaphore>,
+    /// Taken by one handler at a time, never across an await.
+    held: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+}
+
+impl Slot {
+    fn new(places: Arc<tokio::sync::Semaphore>, held: tokio::sync::OwnedSemaphorePermit) -> Self {
+        Self(Arc::new(SlotState { places, held: std::sync::Mutex::new(Some(held)) }))
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<tokio::sync::OwnedSemaphorePermit>> {
+        self.0.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives the place back to the loop.
+    pub(crate) fn release(&self) {
+        self.held().take();
+    }
+
+    /// Waits for a place, unless this handler still holds one.
+    pub(crate) async fn reacquire(&self) {
+        if self.held().is_some() {
+            return;
+        }
+        let permit = Arc::clone(&self.0.places).acquire_owned().await.expect("never closed");
+        *self.held() = Some(permit);
+    }
+}
+
 /// Consumes `M` in `group`, handling up to `concurrency` messages at once. A transient failure
 /// retries the same message with capped backoff, holding its ack (so a broken store slows the
 /// loop down instead of losing work); an invalid message is counted, logged and acked.
@@ -166,24 +208,25 @@ pub(crate) async fn consume<B, M, H, Fut>(
 where
     B: Bus,
     M: pushfan_bus::BusMessage,
-    H: Fn(Arc<M>, pushfan_bus::MessageContext) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Arc<M>, pushfan_bus::MessageContext, Slot) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), HandleError>> + Send + 'static,
 {
     let mut consumer = bus.consume::<M>(group)?;
-    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let places = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     // Dropping the set aborts in-flight handlers; their messages stay unacked and come back.
     let mut running = tokio::task::JoinSet::new();
     until_shutdown(shutdown, async {
         loop {
-            let slot = Arc::clone(&slots).acquire_owned().await.expect("never closed");
+            let place = Arc::clone(&places).acquire_owned().await.expect("never closed");
             let received = consumer.next().await?;
             while running.try_join_next().is_some() {}
             let handler = handler.clone();
+            let slot = Slot::new(Arc::clone(&places), place);
             running.spawn(async move {
                 let message = Arc::new(received.message);
                 let mut backoff = std::time::Duration::from_millis(100);
                 loop {
-                    match handler(Arc::clone(&message), received.context.clone()).await {
+                    match handler(Arc::clone(&message), received.context.clone(), slot.clone()).await {
                         Ok(()) => break,
                         Err(HandleError::Invalid(error)) => {
                             tracing::error!(group, %error, "skipping an invalid message");
@@ -195,6 +238,7 @@ where
                             metrics::counter!("pushfan_pipeline_retries_total", "group" => group).increment(1);
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+                            slot.reacquire().await;
                         }
                     }
                 }

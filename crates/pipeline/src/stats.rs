@@ -12,7 +12,7 @@ use crate::{consume, groups, HandleError, Pipeline, PipelineError};
 /// Adds delivery results to the ledger until `shutdown`.
 pub async fn run<B: Bus>(pipeline: Pipeline<B>, shutdown: CancellationToken) -> Result<(), PipelineError> {
     let bus = pipeline.bus.clone();
-    consume::<B, DeliveryResultBatch, _, _>(&bus, groups::STATS, 8, &shutdown, move |results, _| {
+    consume::<B, DeliveryResultBatch, _, _>(&bus, groups::STATS, 8, &shutdown, move |results, _, _| {
         let pipeline = pipeline.clone();
         async move { record(&pipeline, &results).await }
     })

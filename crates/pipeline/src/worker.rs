@@ -30,7 +30,7 @@ pub async fn run_planner<B: Bus>(
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
     let bus = pipeline.bus.clone();
-    consume::<B, PublishRequest, _, _>(&bus, groups::PLANNER, 4, &shutdown, move |request, context| {
+    consume::<B, PublishRequest, _, _>(&bus, groups::PLANNER, 4, &shutdown, move |request, context, _| {
         let pipeline = pipeline.clone();
         async move { plan_broadcast(&pipeline, &request, &context).await }
     })
@@ -64,7 +64,7 @@ pub async fn run_encryptor<B: Bus>(
 ) -> Result<(), PipelineError> {
     let bus = pipeline.bus.clone();
     let concurrency = pipeline.config.concurrent_shard_jobs;
-    consume::<B, ShardJob, _, _>(&bus, groups::ENCRYPTOR, concurrency, &shutdown, move |job, context| {
+    consume::<B, ShardJob, _, _>(&bus, groups::ENCRYPTOR, concurrency, &shutdown, move |job, context, _| {
         let pipeline = pipeline.clone();
         async move {
             let span =

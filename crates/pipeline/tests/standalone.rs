@@ -10,7 +10,9 @@ use pushfan_bus::messages::{self as bus, target, PublishRequest};
 use pushfan_bus::{Bus, EmbeddedBus, EmbeddedConfig, MessageContext};
 use pushfan_gateway::{Gateway, GatewayConfig, RetryPolicy};
 use pushfan_pipeline::{run_roles, Keyring, Pipeline, PipelineConfig, Role};
-use pushfan_pushsim::{Burst, FaultPlan, Population, PushSim, PushSimConfig, PushSimHandle, Selection};
+use pushfan_pushsim::{
+    Burst, FaultPlan, Observer, Population, PushSim, PushSimConfig, PushSimHandle, Selection, Status,
+};
 use pushfan_store::ledger::{BroadcastId, BroadcastLedger, BroadcastStatus};
 use pushfan_store::{
     Audience, ContentEncodings, EmbeddedStore, ScanCursor, ShardCount, Subscription, SubscriptionId,
@@ -22,26 +24,38 @@ use tokio_util::sync::CancellationToken;
 
 const PAYLOAD: &[u8] = b"{\"title\":\"standalone\"}";
 const TENANT: &str = "acme";
+const SEED: u64 = 7;
 
 struct Standalone {
-    sim: PushSimHandle,
+    /// The push services; subscriber `i` lives on `sims[i % sims.len()]`.
+    sims: Vec<PushSimHandle>,
     store: Arc<EmbeddedStore>,
     bus: EmbeddedBus,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
 
-async fn start(count: u64, faults: FaultPlan) -> Standalone {
-    let mut config = PushSimConfig::new(Population::new(7u64, count)).with_tls().unwrap();
+async fn sim(count: u64, faults: FaultPlan, observer: Option<Arc<dyn Observer>>) -> PushSimHandle {
+    let mut config = PushSimConfig::new(Population::new(SEED, count)).with_tls().unwrap();
     config.expected_payload = Some(Bytes::from_static(PAYLOAD));
     config.faults = faults;
-    let sim = PushSim::start(config).await.unwrap();
+    config.observer = observer;
+    PushSim::start(config).await.unwrap()
+}
 
+async fn start(count: u64, faults: FaultPlan) -> Standalone {
+    let sims = vec![sim(count, faults, None).await];
+    start_on(sims, count, PipelineConfig { page_size: 64, ..PipelineConfig::default() }).await
+}
+
+/// Runs every role on subscribers `0..count` spread over `sims`.
+async fn start_on(sims: Vec<PushSimHandle>, count: u64, config: PipelineConfig) -> Standalone {
+    let bases: Vec<&str> = sims.iter().map(PushSimHandle::base_url).collect();
+    let population = Population::new(SEED, count).with_origins(&bases).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir.path(), ShardCount::new(8).unwrap()).unwrap());
     let tenant = TenantId::new(TENANT).unwrap();
-    let subscriptions: Vec<Subscription> = sim
-        .population()
+    let subscriptions: Vec<Subscription> = population
         .subscribers(0..count)
         .unwrap()
         .into_iter()
@@ -69,7 +83,7 @@ async fn start(count: u64, faults: FaultPlan) -> Standalone {
     let mut keyring = Keyring::default();
     keyring.insert(VapidKeyId(1), TokenCache::new(signer));
     let gateway = Gateway::new(GatewayConfig {
-        extra_root_certs: vec![sim.tls().unwrap().ca_der().to_vec()],
+        extra_root_certs: sims.iter().map(|sim| sim.tls().unwrap().ca_der().to_vec()).collect(),
         retry: RetryPolicy { base_delay: Duration::from_millis(20), ..RetryPolicy::default() },
         ..GatewayConfig::default()
     })
@@ -81,11 +95,11 @@ async fn start(count: u64, faults: FaultPlan) -> Standalone {
         ledger: Arc::clone(&store) as Arc<dyn BroadcastLedger>,
         keyring: Arc::new(keyring),
         gateway,
-        config: PipelineConfig { page_size: 64, ..PipelineConfig::default() },
+        config,
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(run_roles(pipeline, &Role::ALL, shutdown.clone()));
-    Standalone { sim, store, bus, shutdown, _dir: dir }
+    Standalone { sims, store, bus, shutdown, _dir: dir }
 }
 
 impl Standalone {
@@ -162,7 +176,7 @@ async fn a_broadcast_reaches_everyone_exactly_once_and_the_gone_are_pruned() {
     assert_eq!((c.accepted, c.gone, c.pruned), (997, 3, 3));
     assert_eq!((c.rejected, c.failed, c.expired), (0, 0, 0));
     assert_eq!(c.shards_done, 8);
-    let stats = app.sim.stats();
+    let stats = app.sims[0].stats();
     assert_eq!(stats.status(201), 997);
     assert_eq!(stats.received.exactly_one, 997);
     assert_eq!((stats.vapid_failures, stats.decrypt_failures, stats.payload_mismatches), (0, 0, 0));
@@ -179,12 +193,12 @@ async fn a_broadcast_reaches_everyone_exactly_once_and_the_gone_are_pruned() {
     );
     let ids: Vec<String> = [0u64, 1, 2]
         .iter()
-        .map(|&i| SubscriptionId::for_endpoint(&app.sim.population().endpoint(i).unwrap()).to_string())
+        .map(|&i| SubscriptionId::for_endpoint(&app.sims[0].population().endpoint(i).unwrap()).to_string())
         .collect();
     let list = app.publish("list-1", target::Kind::Subscriptions(bus::SubscriptionIds { ids })).await;
     let status = app.finished(&list).await;
     assert_eq!((status.counts.targeted, status.counts.accepted), (3, 3));
-    let received = app.sim.live_stats().receive_counts();
+    let received = app.sims[0].live_stats().receive_counts();
     assert_eq!(received[0], 3, "everyone, even, list");
     assert_eq!(received[1], 2, "everyone, list");
 
@@ -207,12 +221,93 @@ async fn a_broadcast_reaches_everyone_exactly_once_and_the_gone_are_pruned() {
         app.bus.publish(&job, &MessageContext::default()).await.unwrap();
     }
     // A later broadcast's jobs queue behind the redelivered ones.
-    let ids = vec![SubscriptionId::for_endpoint(&app.sim.population().endpoint(1).unwrap()).to_string()];
+    let ids = vec![SubscriptionId::for_endpoint(&app.sims[0].population().endpoint(1).unwrap()).to_string()];
     let after = app.publish("list-2", target::Kind::Subscriptions(bus::SubscriptionIds { ids })).await;
     app.finished(&after).await;
-    let received = app.sim.live_stats().receive_counts();
+    let received = app.sims[0].live_stats().receive_counts();
     assert_eq!(received[1], 3, "everyone, list, list-2");
     assert_eq!(received.iter().map(|&n| u64::from(n)).sum::<u64>(), 997 + 499 + 3 + 1, "nothing sent twice");
     assert_eq!(app.finished(&broadcast).await.counts, c, "the counts stay as they were");
     app.shutdown.cancel();
+}
+
+/// Every answer of both push services in the order they were given: (origin, subscriber, status).
+#[derive(Debug)]
+struct Answers {
+    origin: usize,
+    log: tokio::sync::mpsc::UnboundedSender<(usize, u64, Status)>,
+}
+
+impl Observer for Answers {
+    fn answered(&self, index: Option<u64>, status: Status, _topic: Option<&str>) {
+        let index = index.expect("pushfan only sends to population endpoints");
+        self.log.send((self.origin, index, status)).expect("the test holds the receiver");
+    }
+}
+
+/// Issue 4: a 429 slows only the origin that sent it. Every subscriber of one origin is told to
+/// come back after `Retry-After`; batches hold subscribers of both origins and there are more of
+/// them than `concurrent_batches`. The healthy origin must get all its pushes before the
+/// throttled one is tried again: a batch waiting out the pause gives its place to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_origin_holds_back_only_its_own_deliveries() {
+    const COUNT: u64 = 800;
+    const THROTTLED: usize = 0;
+    const HEALTHY: usize = 1;
+    let (log, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let observer = |origin| Some(Arc::new(Answers { origin, log: log.clone() }) as Arc<dyn Observer>);
+    let throttle = FaultPlan {
+        throttle: Burst { selection: Selection::fraction(1.0, 0), first: 1 },
+        // Every pause holds the origin's untried deliveries too, and their first tries are
+        // answered 429 again: the origin needs a few pauses, so they are kept short.
+        retry_after_secs: 3,
+        ..FaultPlan::default()
+    };
+    let sims = vec![
+        sim(COUNT, throttle, observer(THROTTLED)).await,
+        sim(COUNT, FaultPlan::default(), observer(HEALTHY)).await,
+    ];
+    let config = PipelineConfig { page_size: 64, concurrent_batches: 4, ..PipelineConfig::default() };
+    let places = config.concurrent_batches as u64;
+    let app = start_on(sims, COUNT, config).await;
+    let broadcast = app.publish("throttled-1", target::Kind::Everyone(bus::Everyone {})).await;
+    let status = app.finished(&broadcast).await;
+
+    let c = status.counts;
+    assert_eq!((c.targeted, c.encrypted, c.handed_on, c.accepted), (COUNT, COUNT, COUNT, COUNT));
+    assert_eq!((c.gone, c.rejected, c.failed, c.expired), (0, 0, 0, 0));
+    assert_eq!(c.shards_done, 8);
+    assert!(c.batches_sent > 2 * places, "{} batches, {places} places", c.batches_sent);
+    assert_eq!(c.batches_done, c.batches_sent);
+    let (throttled, healthy) = (app.sims[THROTTLED].stats(), app.sims[HEALTHY].stats());
+    assert_eq!((throttled.status(429), throttled.status(201)), (COUNT / 2, COUNT / 2));
+    assert_eq!((healthy.status(429), healthy.status(201)), (0, COUNT / 2));
+    for stats in [&throttled, &healthy] {
+        assert_eq!(stats.received.exactly_one, COUNT / 2);
+        assert_eq!(stats.received.more_than_one, 0);
+        assert_eq!((stats.vapid_failures, stats.decrypt_failures, stats.payload_mismatches), (0, 0, 0));
+    }
+
+    app.shutdown.cancel();
+    // Every answer was logged before it was sent, so before the ledger could count it.
+    let mut order = Vec::new();
+    while let Ok(answer) = answers.try_recv() {
+        order.push(answer);
+    }
+    assert_eq!(order.len() as u64, COUNT + COUNT / 2, "every answer, the 429s included");
+    let first_retry = order
+        .iter()
+        .position(|&(origin, _, status)| origin == THROTTLED && status == Status::Created)
+        .expect("the throttled origin took its retries");
+    let healthy_late: Vec<u64> = order[first_retry..]
+        .iter()
+        .filter(|&&(origin, _, _)| origin == HEALTHY)
+        .map(|&(_, index, _)| index)
+        .collect();
+    assert!(
+        healthy_late.is_empty(),
+        "{} of {} healthy-origin pushes were answered only after the throttled origin's first retry",
+        healthy_late.len(),
+        COUNT / 2
+    );
 }

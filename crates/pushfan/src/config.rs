@@ -208,6 +208,9 @@ pub(crate) struct GatewaySettings {
     pub(crate) connections_per_origin: usize,
     /// Delivery batches worked on at once per process.
     pub(crate) concurrent_batches: usize,
+    /// Delivery batches per process that may wait for a throttling push service or a retry
+    /// backoff besides those, each holding up to 768 KiB; 0 keeps waiting batches working.
+    pub(crate) parked_batches: usize,
     /// One request's deadline, milliseconds.
     pub(crate) request_timeout_ms: u64,
     /// Attempts per push, the first included.
@@ -226,6 +229,7 @@ impl Default for GatewaySettings {
             max_in_flight_per_origin: 256,
             connections_per_origin: 2,
             concurrent_batches: 8,
+            parked_batches: 128,
             request_timeout_ms: 15_000,
             max_attempts: 6,
             h2c: false,
