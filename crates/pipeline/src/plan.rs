@@ -8,7 +8,7 @@ use pushfan_bus::messages::{
 };
 use pushfan_gateway::{FinalOutcome, Report};
 use pushfan_store::ledger::{BroadcastCounts, BroadcastId, ProgressDelta, RejectionReason};
-use pushfan_store::{Audience, ShardCount, ShardId, SubscriptionId, TenantId, Topic};
+use pushfan_store::{Audience, ShardCount, ShardId, SubscriptionId, TenantId, Topic, VapidKeyId};
 use pushfan_webpush::{message, AesgcmParams, ContentEncoding, EncryptedPush, PushOptions, Urgency};
 
 /// A bus message that breaks the pipeline's rules. Ingest validates everything it accepts, so
@@ -21,6 +21,15 @@ pub enum PlanError {
 
 fn invalid(field: &'static str, reason: impl ToString) -> PlanError {
     PlanError::Invalid { field, reason: reason.to_string() }
+}
+
+/// The VAPID key a publish asked to sign with (`PublishRequest.vapid_key_id`): `None` when it
+/// left it to each subscription's own key.
+pub fn signing_key(job: &ShardJob) -> Result<Option<VapidKeyId>, PlanError> {
+    if job.vapid_key_id.is_empty() {
+        return Ok(None);
+    }
+    job.vapid_key_id.parse().map(|id| Some(VapidKeyId(id))).map_err(|e| invalid("vapid_key_id", e))
 }
 
 /// Who a shard job sends to.
@@ -285,6 +294,14 @@ mod tests {
             idempotency_key: String::new(),
             created_at_ms: 1_000,
         }
+    }
+
+    #[test]
+    fn a_publish_may_name_the_key_to_sign_with() {
+        let job = |key: &str| ShardJob { vapid_key_id: key.into(), ..ShardJob::default() };
+        assert_eq!(signing_key(&job("")).unwrap(), None);
+        assert_eq!(signing_key(&job("2")).unwrap(), Some(VapidKeyId(2)));
+        assert!(matches!(signing_key(&job("two")), Err(PlanError::Invalid { field: "vapid_key_id", .. })));
     }
 
     #[test]

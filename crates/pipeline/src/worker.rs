@@ -150,11 +150,13 @@ impl<B: Bus> Pages<'_, B> {
             counts.expired = targeted;
             metrics::counter!("pushfan_worker_expired_total").increment(targeted);
         } else {
+            let signing_key = plan::signing_key(job)?;
             let (subscriptions, results) = self.encrypt(subscriptions).await;
             let mut by_key: BTreeMap<VapidKeyId, Vec<_>> = BTreeMap::new();
             for (subscription, result) in subscriptions.into_iter().zip(results) {
+                let key = signing_key.unwrap_or(subscription.vapid_key);
                 match result {
-                    Ok(push) => by_key.entry(subscription.vapid_key).or_default().push(plan::delivery(
+                    Ok(push) => by_key.entry(key).or_default().push(plan::delivery(
                         subscription.id,
                         subscription.endpoint.as_str(),
                         push,

@@ -45,11 +45,12 @@ async fn sim(count: u64, faults: FaultPlan, observer: Option<Arc<dyn Observer>>)
 
 async fn start(count: u64, faults: FaultPlan) -> Standalone {
     let sims = vec![sim(count, faults, None).await];
-    start_on(sims, count, PipelineConfig { page_size: 64, ..PipelineConfig::default() }).await
+    start_on(sims, count, PipelineConfig { page_size: 64, ..PipelineConfig::default() }, &[1]).await
 }
 
-/// Runs every role on subscribers `0..count` spread over `sims`.
-async fn start_on(sims: Vec<PushSimHandle>, count: u64, config: PipelineConfig) -> Standalone {
+/// Runs every role on subscribers `0..count` spread over `sims`, every subscription registered
+/// under VAPID key 1, with a keyring holding `keys`.
+async fn start_on(sims: Vec<PushSimHandle>, count: u64, config: PipelineConfig, keys: &[u32]) -> Standalone {
     let bases: Vec<&str> = sims.iter().map(PushSimHandle::base_url).collect();
     let population = Population::new(SEED, count).with_origins(&bases).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -79,9 +80,12 @@ async fn start_on(sims: Vec<PushSimHandle>, count: u64, config: PipelineConfig) 
         .collect();
     assert_eq!(store.import(&subscriptions).await.unwrap(), count as usize);
 
-    let signer = VapidSigner::new(VapidKey::generate(), Subject::parse("mailto:ops@example.com").unwrap());
     let mut keyring = Keyring::default();
-    keyring.insert(VapidKeyId(1), TokenCache::new(signer));
+    for &key in keys {
+        let signer =
+            VapidSigner::new(VapidKey::generate(), Subject::parse("mailto:ops@example.com").unwrap());
+        keyring.insert(VapidKeyId(key), TokenCache::new(signer));
+    }
     let gateway = Gateway::new(GatewayConfig {
         extra_root_certs: sims.iter().map(|sim| sim.tls().unwrap().ca_der().to_vec()).collect(),
         retry: RetryPolicy { base_delay: Duration::from_millis(20), ..RetryPolicy::default() },
@@ -104,6 +108,11 @@ async fn start_on(sims: Vec<PushSimHandle>, count: u64, config: PipelineConfig) 
 
 impl Standalone {
     async fn publish(&self, id: &str, target: target::Kind) -> BroadcastId {
+        self.publish_signed(id, target, "").await
+    }
+
+    /// A publish naming the VAPID key to sign with (empty: each subscription's own).
+    async fn publish_signed(&self, id: &str, target: target::Kind, vapid_key_id: &str) -> BroadcastId {
         let request = PublishRequest {
             broadcast_id: id.into(),
             tenant: TENANT.into(),
@@ -114,7 +123,7 @@ impl Standalone {
                 urgency: bus::Urgency::High as i32,
                 topic: String::new(),
             }),
-            vapid_key_id: "1".into(),
+            vapid_key_id: vapid_key_id.into(),
             idempotency_key: String::new(),
             created_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64,
         };
@@ -269,7 +278,7 @@ async fn a_throttling_origin_holds_back_only_its_own_deliveries() {
     ];
     let config = PipelineConfig { page_size: 64, concurrent_batches: 4, ..PipelineConfig::default() };
     let places = config.concurrent_batches as u64;
-    let app = start_on(sims, COUNT, config).await;
+    let app = start_on(sims, COUNT, config, &[1]).await;
     let broadcast = app.publish("throttled-1", target::Kind::Everyone(bus::Everyone {})).await;
     let status = app.finished(&broadcast).await;
 
@@ -310,4 +319,25 @@ async fn a_throttling_origin_holds_back_only_its_own_deliveries() {
         healthy_late.len(),
         COUNT / 2
     );
+}
+
+/// `PublishRequest.vapid_key_id` names the key every push is signed with, whatever key the
+/// subscriptions were registered under. Here the keyring holds key 2 only: signed with each
+/// subscription's own key (1), nothing can go out; signed with key 2, everything does.
+#[tokio::test]
+async fn a_publish_signs_with_the_vapid_key_it_names() {
+    const COUNT: u64 = 100;
+    let sims = vec![sim(COUNT, FaultPlan::default(), None).await];
+    let app =
+        start_on(sims, COUNT, PipelineConfig { page_size: 64, ..PipelineConfig::default() }, &[2]).await;
+    let everyone = || target::Kind::Everyone(bus::Everyone {});
+
+    let own_keys = app.finished(&app.publish_signed("own-keys", everyone(), "").await).await;
+    assert_eq!((own_keys.counts.accepted, own_keys.counts.rejected), (0, COUNT), "{own_keys:?}");
+    assert!(own_keys.rejections[0].0.reason.contains("unknown VAPID key id \"1\""), "{own_keys:?}");
+
+    let named = app.finished(&app.publish_signed("key-2", everyone(), "2").await).await;
+    assert_eq!((named.counts.accepted, named.counts.rejected), (COUNT, 0), "{named:?}");
+    assert_eq!(app.sims[0].stats().received.exactly_one, COUNT);
+    app.shutdown.cancel();
 }
