@@ -22,6 +22,7 @@
 //!
 //! Architecture invariant: ingest never logs an endpoint URL or an API key.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -66,19 +67,37 @@ pub struct IngestState<B> {
     policy: EndpointPolicy,
     /// API key digests and their tenants.
     api_keys: Arc<ApiKeys>,
+    /// The VAPID key ids this deployment signs with.
+    vapid_keys: Arc<BTreeSet<u32>>,
 }
 
 impl<B: Bus> IngestState<B> {
     /// The state of an ingest server. `store` and `ledger` are usually the same object (both
-    /// stores implement both traits).
+    /// stores implement both traits). `vapid_keys` are the ids of the VAPID keys the workers and
+    /// gateways sign with: a subscription or publish naming another is refused here, not
+    /// rejected push by push later.
     pub fn new(
         store: Arc<dyn SubscriptionStore>,
         ledger: Arc<dyn BroadcastLedger>,
         bus: B,
         api_keys: ApiKeys,
         policy: EndpointPolicy,
+        vapid_keys: impl IntoIterator<Item = u32>,
     ) -> Self {
-        Self { store, ledger, bus, policy, api_keys: Arc::new(api_keys) }
+        let vapid_keys = Arc::new(vapid_keys.into_iter().collect());
+        Self { store, ledger, bus, policy, api_keys: Arc::new(api_keys), vapid_keys }
+    }
+
+    /// `id`, named in `field`, if it is one of this deployment's VAPID keys.
+    fn vapid_key(&self, field: &str, id: u32) -> Result<u32, IngestError> {
+        if self.vapid_keys.contains(&id) {
+            return Ok(id);
+        }
+        let known: Vec<String> = self.vapid_keys.iter().map(u32::to_string).collect();
+        Err(IngestError::invalid(
+            field,
+            format!("{id} is not one of this deployment's VAPID key ids ({})", known.join(", ")),
+        ))
     }
 
     /// The tenant the request's API key belongs to; records it on the RPC's span.
@@ -97,6 +116,7 @@ impl<B: Clone> Clone for IngestState<B> {
             bus: self.bus.clone(),
             policy: self.policy,
             api_keys: Arc::clone(&self.api_keys),
+            vapid_keys: Arc::clone(&self.vapid_keys),
         }
     }
 }
@@ -108,6 +128,7 @@ impl<B> fmt::Debug for IngestState<B> {
             .field("ledger", &self.ledger)
             .field("policy", &self.policy)
             .field("api_keys", &self.api_keys)
+            .field("vapid_keys", &self.vapid_keys)
             .finish_non_exhaustive()
     }
 }

@@ -59,6 +59,7 @@ impl<B: Bus> SubscriptionService for SubscriptionApi<B> {
             let tenant = self.state.authenticate(request.metadata())?;
             let subscription =
                 convert::subscription(request.into_inner(), &tenant, self.state.policy, std::time::SystemTime::now())?;
+            self.state.vapid_key("vapid_key_id", subscription.vapid_key.0)?;
             self.store().import(std::slice::from_ref(&subscription)).await?;
             tracing::debug!(id = %subscription.id, endpoint = %subscription.endpoint.redacted(), "subscribed");
             Ok(Response::new(SubscribeResponse { subscription_id: subscription.id.to_string() }))
@@ -202,7 +203,9 @@ impl<B: Bus> SubscriptionService for SubscriptionApi<B> {
             while let Some(message) = stream.message().await.map_err(IngestError::RequestStream)? {
                 for item in message.items {
                     let now = std::time::SystemTime::now();
-                    match convert::subscription(item, &tenant, self.state.policy, now) {
+                    let converted = convert::subscription(item, &tenant, self.state.policy, now)
+                        .and_then(|s| self.state.vapid_key("vapid_key_id", s.vapid_key.0).map(|_| s));
+                    match converted {
                         Ok(subscription) => batch.push(subscription),
                         Err(IngestError::InvalidArgument { field, description }) => {
                             response.failed += 1;

@@ -61,6 +61,7 @@ impl Harness {
             bus.clone(),
             keys,
             EndpointPolicy::default(),
+            [1, 2, 3],
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("address");
@@ -255,6 +256,8 @@ async fn bulk_import_writes_good_items_and_reports_bad_ones_by_index() {
     short_key.keys.as_mut().unwrap().p256dh = "BAAA".into();
     let mut bad_topic = subscribe_request("https://push.example/bad-topic", &["no spaces"]);
     bad_topic.vapid_key_id = 1;
+    let mut unknown_key = subscribe_request("https://push.example/unknown-key", &[]);
+    unknown_key.vapid_key_id = 9;
     let batches = vec![
         v1::BulkImportRequest {
             items: vec![
@@ -270,6 +273,7 @@ async fn bulk_import_writes_good_items_and_reports_bad_ones_by_index() {
                 subscribe_request("https://push.example/c", &[]),
                 // The same endpoint again in one batch: written once.
                 subscribe_request("https://push.example/c", &["x"]),
+                unknown_key,
             ],
         },
     ];
@@ -279,10 +283,11 @@ async fn bulk_import_writes_good_items_and_reports_bad_ones_by_index() {
         .await
         .expect("imported")
         .into_inner();
-    assert_eq!((response.imported, response.failed), (3, 3));
+    assert_eq!((response.imported, response.failed), (3, 4));
     let errors: Vec<(u64, &str)> = response.errors.iter().map(|e| (e.index, e.field.as_str())).collect();
-    assert_eq!(errors, [(1, "keys.p256dh"), (3, "endpoint"), (4, "topics[0]")]);
+    assert_eq!(errors, [(1, "keys.p256dh"), (3, "endpoint"), (4, "topics[0]"), (7, "vapid_key_id")]);
     assert_eq!(response.errors[0].description, "must be a 65-byte uncompressed P-256 point, got 3 bytes");
+    assert_eq!(response.errors[3].description, "9 is not one of this deployment's VAPID key ids (1, 2, 3)");
     assert!(!response.errors[1].description.contains("plain-http"), "endpoints stay out of messages");
     assert_eq!(list_all(&h, ACME_KEY, "", 100).await.0.len(), 3);
     assert_eq!(list_all(&h, ACME_KEY, "x", 100).await.0.len(), 2);
@@ -430,6 +435,7 @@ async fn every_invalid_field_is_named() {
         ("topics", |r| r.topics = (0..33).map(|n| format!("t{n}")).collect()),
         ("content_encodings[0]", |r| r.content_encodings = vec![0]),
         ("content_encodings[1]", |r| r.content_encodings = vec![1, 9]),
+        ("vapid_key_id", |r| r.vapid_key_id = 9),
     ];
     for (field, mutate) in subscribe_cases {
         let mut request = subscribe_request("https://push.example/x", &[]);
@@ -466,6 +472,7 @@ async fn every_invalid_field_is_named() {
         }),
         ("idempotency_key", |r| r.idempotency_key = "with space".into()),
         ("idempotency_key", |r| r.idempotency_key = "k".repeat(201)),
+        ("vapid_key_id", |r| r.vapid_key_id = Some(9)),
     ];
     for (field, mutate) in publish_cases {
         let mut request = to_topic("news", b"ok");

@@ -29,6 +29,7 @@ async fn requests_are_counted_by_method_and_code() {
         EmbeddedBus::new(EmbeddedConfig::default()),
         keys,
         EndpointPolicy::default(),
+        [1, 2, 3],
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");

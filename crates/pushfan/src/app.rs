@@ -90,8 +90,14 @@ async fn start_with<B: Bus>(
             .await
             .with_context(|| format!("binding the gRPC API to {}", config.ingest.listen))?;
         ingest_addr = Some(listener.local_addr()?);
-        let state =
-            IngestState::new(Arc::clone(&store), Arc::clone(&ledger), bus.clone(), api_keys(config)?, policy);
+        let state = IngestState::new(
+            Arc::clone(&store),
+            Arc::clone(&ledger),
+            bus.clone(),
+            api_keys(config)?,
+            policy,
+            config.vapid.keys.iter().map(|key| key.id),
+        );
         let stop = shutdown.clone();
         tasks.spawn(async move {
             pushfan_ingest::serve(listener, state, stop.cancelled_owned()).await.context("gRPC API failed")
