@@ -88,10 +88,10 @@ impl<B: Bus> IngestState<B> {
         Self { store, ledger, bus, policy, api_keys: Arc::new(api_keys), vapid_keys }
     }
 
-    /// `id`, named in `field`, if it is one of this deployment's VAPID keys.
-    fn vapid_key(&self, field: &str, id: u32) -> Result<u32, IngestError> {
+    /// Refuses `id`, named in `field`, unless it is one of this deployment's VAPID keys.
+    fn check_vapid_key(&self, field: &str, id: u32) -> Result<(), IngestError> {
         if self.vapid_keys.contains(&id) {
-            return Ok(id);
+            return Ok(());
         }
         let known: Vec<String> = self.vapid_keys.iter().map(u32::to_string).collect();
         Err(IngestError::invalid(

@@ -126,7 +126,7 @@ impl<B: Bus> PublishService for PublishApi<B> {
         observe("Publish", async {
             let tenant = self.state.authenticate(request.metadata())?;
             if let Some(key) = request.get_ref().vapid_key_id {
-                self.state.vapid_key("vapid_key_id", key)?;
+                self.state.check_vapid_key("vapid_key_id", key)?;
             }
             let message = convert::publish(request.into_inner(), &tenant, SystemTime::now())?;
             let broadcast_id = PublishApi::publish(self, &tenant, message).await?;

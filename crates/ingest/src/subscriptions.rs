@@ -59,7 +59,7 @@ impl<B: Bus> SubscriptionService for SubscriptionApi<B> {
             let tenant = self.state.authenticate(request.metadata())?;
             let subscription =
                 convert::subscription(request.into_inner(), &tenant, self.state.policy, std::time::SystemTime::now())?;
-            self.state.vapid_key("vapid_key_id", subscription.vapid_key.0)?;
+            self.state.check_vapid_key("vapid_key_id", subscription.vapid_key.0)?;
             self.store().import(std::slice::from_ref(&subscription)).await?;
             tracing::debug!(id = %subscription.id, endpoint = %subscription.endpoint.redacted(), "subscribed");
             Ok(Response::new(SubscribeResponse { subscription_id: subscription.id.to_string() }))
@@ -204,7 +204,7 @@ impl<B: Bus> SubscriptionService for SubscriptionApi<B> {
                 for item in message.items {
                     let now = std::time::SystemTime::now();
                     let converted = convert::subscription(item, &tenant, self.state.policy, now)
-                        .and_then(|s| self.state.vapid_key("vapid_key_id", s.vapid_key.0).map(|_| s));
+                        .and_then(|s| self.state.check_vapid_key("vapid_key_id", s.vapid_key.0).map(|()| s));
                     match converted {
                         Ok(subscription) => batch.push(subscription),
                         Err(IngestError::InvalidArgument { field, description }) => {
