@@ -164,7 +164,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     let threads_after = pids.iter().map(|&pid| cpu::threads_by_name(pid)).collect::<Result<Vec<_>, _>>()?;
     let driver_after = cpu::process_cpu(driver_pid)?;
     let crypto_after = crypto(&fleet, &payload, 1).await;
-    let crypto_all_cores = crypto(&fleet, &payload, cores()).await;
+    let all_cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let crypto_all_cores = crypto(&fleet, &payload, all_cores).await;
     collector.settle(expected.total, Duration::from_secs(5)).await;
 
     let seconds = window_end.duration_since(window_start).as_secs_f64();
@@ -187,7 +188,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
             .zip(&threads_after)
             .map(|(b, a)| window_cpu(b, a))
             .collect(),
-        all_cores: cores(),
+        all_cores,
         driver_and_fleet_cpu_seconds: (driver_after - driver_before).as_secs_f64(),
     };
 
@@ -259,18 +260,10 @@ async fn crypto(fleet: &Fleet, payload: &Bytes, threads: usize) -> Duration {
     tokio::task::spawn_blocking(move || {
         let keys: Vec<_> =
             (0..CRYPTO_MESSAGES.min(256)).map(|i| population.keys(i).subscription_keys().clone()).collect();
-        if threads == 1 {
-            cpu::crypto_core_per_push(&keys, &payload, CRYPTO_MESSAGES)
-        } else {
-            cpu::crypto_core_per_push_parallel(&keys, &payload, CRYPTO_MESSAGES, threads)
-        }
+        cpu::crypto_core_per_push_parallel(&keys, &payload, CRYPTO_MESSAGES, threads)
     })
     .await
     .expect("the crypto measurement does not panic")
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// Registers every subscriber through `BulkImport`, with its topics.

@@ -41,19 +41,11 @@ pub fn process_cpu(pid: u32) -> Result<Duration, CpuError> {
 
 /// CPU used so far by this process's live threads whose name starts with `prefix`.
 pub fn threads_cpu(prefix: &str) -> Result<Duration, CpuError> {
-    let tasks = "/proc/self/task";
-    let read = |source| CpuError::Read { path: tasks.into(), source };
-    let mut ticks = 0;
-    for task in std::fs::read_dir(tasks).map_err(read)? {
-        let path = task.map_err(read)?.path().join("stat");
-        // A thread that ended since the listing has no stat any more, and no CPU to count.
-        let Ok(stat) = std::fs::read_to_string(&path) else { continue };
-        let (name, thread_ticks) =
-            parse_stat(&stat).ok_or_else(|| CpuError::Format { path: path.display().to_string() })?;
-        if name.starts_with(prefix) {
-            ticks += thread_ticks;
-        }
-    }
+    let ticks = live_threads("/proc/self/task")?
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .map(|(_, ticks)| ticks)
+        .sum();
     Ok(from_ticks(ticks))
 }
 
@@ -61,18 +53,27 @@ pub fn threads_cpu(prefix: &str) -> Result<Duration, CpuError> {
 /// any trailing number dropped (`crypto-0` and `crypto-1` are `crypto`). Threads that ended
 /// are not counted: set against [`process_cpu`] it shows where most of the time went.
 pub fn threads_by_name(pid: u32) -> Result<BTreeMap<String, Duration>, CpuError> {
-    let tasks = format!("/proc/{pid}/task");
-    let read = |source| CpuError::Read { path: tasks.clone(), source };
     let mut groups = BTreeMap::new();
-    for task in std::fs::read_dir(&tasks).map_err(read)? {
-        let path = task.map_err(read)?.path().join("stat");
-        let Ok(stat) = std::fs::read_to_string(&path) else { continue };
-        let (name, ticks) =
-            parse_stat(&stat).ok_or_else(|| CpuError::Format { path: path.display().to_string() })?;
+    for (name, ticks) in live_threads(&format!("/proc/{pid}/task"))? {
         let group = name.trim_end_matches(|c: char| c.is_ascii_digit() || matches!(c, '-' | '#' | ' '));
         *groups.entry(group.to_owned()).or_default() += from_ticks(ticks);
     }
     Ok(groups)
+}
+
+/// The name and CPU ticks of every thread listed under `tasks` (a `/proc/…/task` directory).
+fn live_threads(tasks: &str) -> Result<Vec<(String, u64)>, CpuError> {
+    let read = |source| CpuError::Read { path: tasks.into(), source };
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(tasks).map_err(read)? {
+        let path = task.map_err(read)?.path().join("stat");
+        // A thread that ended since the listing has no stat any more, and no CPU to count.
+        let Ok(stat) = std::fs::read_to_string(&path) else { continue };
+        let (name, ticks) =
+            parse_stat(&stat).ok_or_else(|| CpuError::Format { path: path.display().to_string() })?;
+        threads.push((name.to_owned(), ticks));
+    }
+    Ok(threads)
 }
 
 /// The crypto core's cost: single-thread RFC 8291 encryption (aes128gcm, AWS-LC, a fresh
