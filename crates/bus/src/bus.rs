@@ -41,6 +41,9 @@ pub trait Bus: Clone + Send + Sync + 'static {
     /// Joins consumer group `group` on `topic`.
     fn subscribe(&self, topic: Topic, group: &str) -> Result<Self::Subscription, BusError>;
 
+    /// The largest record payload this bus carries; the worker sizes its pages to fit.
+    fn max_record_bytes(&self) -> usize;
+
     /// Encodes and sends a typed message to its topic, with its key and headers.
     fn publish<M: BusMessage>(
         &self,

@@ -1,8 +1,10 @@
 //! The in-process bus for `pushfan standalone`: bounded tokio channels, one per consumer group
 //! and topic, with the same contract as Kafka where it applies.
 //!
-//! - Bounded: a full group queue makes [`Bus::send`] wait (backpressure), and fail with
-//!   [`BusError::Backpressure`] after the configured wait.
+//! - Bounded in records and in bytes: a full group queue makes [`Bus::send`] wait
+//!   (backpressure), and fail with [`BusError::Backpressure`] after the configured wait. A record
+//!   over [`EmbeddedConfig::max_record_bytes`] is refused with [`BusError::TooLarge`], as Kafka
+//!   would.
 //! - Groups: members of one group share its queue; each group gets its own copy of each record.
 //!   Records sent before any group joined a topic are kept for the first group that joins.
 //! - Acks: an [`Ack`] dropped without acking puts its record back at the front of the group's
@@ -14,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use metrics::counter;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::bus::{Ack, AckInner, Bus, Incoming, Subscription};
 use crate::envelope::Record;
@@ -26,13 +28,24 @@ use crate::topic::Topic;
 pub struct EmbeddedConfig {
     /// Records each group's queue holds before senders wait.
     pub queue_capacity: usize,
+    /// Payload bytes each group's queue holds before senders wait (counted in KiB).
+    pub queue_bytes: usize,
+    /// The largest record payload sent; the worker sizes its pages to fit.
+    pub max_record_bytes: usize,
     /// How long a send waits for room before failing with [`BusError::Backpressure`].
     pub send_timeout: Duration,
 }
 
 impl Default for EmbeddedConfig {
     fn default() -> Self {
-        Self { queue_capacity: 1024, send_timeout: Duration::from_secs(30) }
+        // No broker limit to fit under: 4 MiB lets a page of 512 of the largest pushes travel
+        // as one record, and the byte bound keeps queued pages to a few dozen of those.
+        Self {
+            queue_capacity: 1024,
+            queue_bytes: 256 << 20,
+            max_record_bytes: 4 << 20,
+            send_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -59,23 +72,45 @@ struct TopicQueues {
 #[derive(Debug)]
 struct GroupQueue {
     topic: Topic,
-    sender: mpsc::Sender<Record>,
-    receiver: tokio::sync::Mutex<mpsc::Receiver<Record>>,
+    sender: mpsc::Sender<Queued>,
+    receiver: tokio::sync::Mutex<mpsc::Receiver<Queued>>,
+    /// Room left in the queue, in KiB of payload.
+    room_kib: Arc<Semaphore>,
+    capacity_kib: u32,
     /// Records whose ack was dropped; served before new records.
     redeliveries: Mutex<VecDeque<Record>>,
     redelivery_added: Notify,
 }
 
+/// A queued record with the room it takes, given back when a member takes the record.
+#[derive(Debug)]
+struct Queued {
+    record: Record,
+    _room: OwnedSemaphorePermit,
+}
+
 impl GroupQueue {
-    fn new(topic: Topic, capacity: usize) -> Arc<Self> {
-        let (sender, receiver) = mpsc::channel(capacity.max(1));
+    fn new(topic: Topic, config: &EmbeddedConfig) -> Arc<Self> {
+        let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
+        let capacity_kib = u32::try_from(config.queue_bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
         Arc::new(Self {
             topic,
             sender,
             receiver: tokio::sync::Mutex::new(receiver),
+            room_kib: Arc::new(Semaphore::new(capacity_kib as usize)),
+            capacity_kib,
             redeliveries: Mutex::new(VecDeque::new()),
             redelivery_added: Notify::new(),
         })
+    }
+
+    /// Queues `record` once there is room for it.
+    async fn push(&self, record: Record) -> Result<(), ()> {
+        // A record larger than the whole queue waits for an empty queue rather than forever.
+        let kib =
+            u32::try_from(record.payload.len().div_ceil(1024)).unwrap_or(u32::MAX).min(self.capacity_kib);
+        let room = Arc::clone(&self.room_kib).acquire_many_owned(kib).await.map_err(drop)?;
+        self.sender.send(Queued { record, _room: room }).await.map_err(drop)
     }
 
     fn pop_redelivery(&self) -> Option<Record> {
@@ -101,8 +136,8 @@ impl EmbeddedBus {
         let mut topics = self.shared.topics.lock().unwrap_or_else(PoisonError::into_inner);
         let queues = topics.entry(topic).or_default();
         if queues.groups.is_empty() {
-            let capacity = self.shared.config.queue_capacity;
-            vec![Arc::clone(queues.unclaimed.get_or_insert_with(|| GroupQueue::new(topic, capacity)))]
+            let config = &self.shared.config;
+            vec![Arc::clone(queues.unclaimed.get_or_insert_with(|| GroupQueue::new(topic, config)))]
         } else {
             queues.groups.values().cloned().collect()
         }
@@ -113,9 +148,15 @@ impl Bus for EmbeddedBus {
     type Subscription = EmbeddedSubscription;
 
     async fn send(&self, topic: Topic, record: Record) -> Result<(), BusError> {
+        let bytes = record.payload.len();
+        if bytes > self.shared.config.max_record_bytes {
+            counter!("pushfan_bus_produce_errors_total", "topic" => topic.name(), "error" => "too_large")
+                .increment(1);
+            return Err(BusError::TooLarge { topic, bytes });
+        }
         let waited = self.shared.config.send_timeout;
         for queue in self.queues_for_send(topic) {
-            match tokio::time::timeout(waited, queue.sender.send(record.clone())).await {
+            match tokio::time::timeout(waited, queue.push(record.clone())).await {
                 Ok(Ok(())) => {}
                 // The queue owns its receiver, so the channel never closes while `queue` lives;
                 // a full queue past the wait is backpressure either way.
@@ -130,14 +171,18 @@ impl Bus for EmbeddedBus {
         Ok(())
     }
 
+    fn max_record_bytes(&self) -> usize {
+        self.shared.config.max_record_bytes
+    }
+
     fn subscribe(&self, topic: Topic, group: &str) -> Result<EmbeddedSubscription, BusError> {
         let mut topics = self.shared.topics.lock().unwrap_or_else(PoisonError::into_inner);
         let queues = topics.entry(topic).or_default();
-        let capacity = self.shared.config.queue_capacity;
+        let config = &self.shared.config;
         let queue = match queues.groups.get(group) {
             Some(queue) => Arc::clone(queue),
             None => {
-                let queue = queues.unclaimed.take().unwrap_or_else(|| GroupQueue::new(topic, capacity));
+                let queue = queues.unclaimed.take().unwrap_or_else(|| GroupQueue::new(topic, config));
                 queues.groups.insert(group.to_owned(), Arc::clone(&queue));
                 queue
             }
@@ -169,7 +214,7 @@ impl Subscription for EmbeddedSubscription {
             let mut receiver = self.queue.receiver.lock().await;
             tokio::select! {
                 received = receiver.recv() => match received {
-                    Some(record) => return Ok(self.incoming(record)),
+                    Some(queued) => return Ok(self.incoming(queued.record)),
                     None => return Err(BusError::ConsumerStopped { topic: self.queue.topic }),
                 },
                 () = self.queue.redelivery_added.notified() => continue,

@@ -11,7 +11,11 @@ use pushfan_bus::{Bus, BusError, EmbeddedBus, EmbeddedConfig, MessageContext};
 use tokio::time::timeout;
 
 fn bus(queue_capacity: usize) -> EmbeddedBus {
-    EmbeddedBus::new(EmbeddedConfig { queue_capacity, send_timeout: Duration::from_millis(300) })
+    EmbeddedBus::new(EmbeddedConfig {
+        queue_capacity,
+        send_timeout: Duration::from_millis(300),
+        ..EmbeddedConfig::default()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,6 +58,41 @@ async fn a_full_queue_makes_senders_wait_then_fail_typed() {
     let first = timeout(WAIT, consumer.next()).await.expect("in time").expect("received");
     first.ack.ack();
     waiting.await.expect("task").expect("the waiting send completes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_bytes_are_bounded_and_oversize_records_refused() {
+    let bus = EmbeddedBus::new(EmbeddedConfig {
+        queue_capacity: 64,
+        queue_bytes: 8 * 1024,
+        max_record_bytes: 6 * 1024,
+        send_timeout: Duration::from_millis(300),
+    });
+    let mut consumer = bus.consume::<ShardJob>("workers").expect("join");
+    let sized = |i: usize, bytes: usize| ShardJob { payload: vec![7; bytes].into(), ..job(i) };
+    for i in 0..2 {
+        bus.publish(&sized(i, 3000), &MessageContext::default()).await.expect("room for two of 3 KiB");
+    }
+    common::assert_error(
+        bus.publish(&sized(2, 3000), &MessageContext::default()).await,
+        |e| matches!(e, BusError::Backpressure { .. }),
+        "a third 3 KiB record into 8 KiB of room",
+    );
+    common::assert_error(
+        bus.publish(&sized(3, 7000), &MessageContext::default()).await,
+        |e| matches!(e, BusError::TooLarge { bytes, .. } if *bytes > 7000),
+        "a record over max_record_bytes",
+    );
+    // Taking a record gives its room back: the next send goes through.
+    let first = timeout(WAIT, consumer.next()).await.expect("in time").expect("received");
+    assert_eq!(first.message, sized(0, 3000));
+    first.ack.ack();
+    bus.publish(&sized(4, 3000), &MessageContext::default()).await.expect("room again");
+    for expected in [1, 4] {
+        let next = timeout(WAIT, consumer.next()).await.expect("in time").expect("received");
+        assert_eq!(next.message, sized(expected, 3000), "nothing refused was queued");
+        next.ack.ack();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,7 +58,7 @@ pub struct PipelineConfig {
     pub concurrent_batches: usize,
     /// Delivery batches one deliverer may hold besides those, each waiting for a paused push
     /// service or a retry backoff without taking one of the `concurrent_batches` places; 0
-    /// keeps waiting batches in their place. Bounds memory at `MAX_BATCH_BYTES` each.
+    /// keeps waiting batches in their place. Bounds memory at the bus's largest record each.
     pub parked_batches: usize,
     /// Which crypto backend encrypts.
     pub backend: Backend,

@@ -252,22 +252,20 @@ pub fn batch_seq(page: u32, key_group: usize) -> u32 {
     page * MAX_KEYS_PER_PAGE as u32 + key_group as u32
 }
 
-/// Most bytes one delivery batch may take on the bus. A batch is one record, and Kafka refuses
-/// records over 1 MB by default (`message.max.bytes`); the rest is headroom for long endpoints.
-pub const MAX_BATCH_BYTES: usize = 768 * 1024;
-
 /// What one delivery takes on the bus besides its body: the endpoint (a few hundred bytes at the
 /// big push services), the subscription id and the protobuf framing.
 const DELIVERY_OVERHEAD_BYTES: usize = 640;
 
 /// Subscriptions per page for a payload of `payload_len` bytes: `configured`, or fewer when a
-/// page's batch would not fit in [`MAX_BATCH_BYTES`]. A function of the job alone, so a page
-/// redone after a crash is the same page.
-pub fn page_size(configured: usize, payload_len: usize, padded: bool) -> usize {
+/// page's batch (one bus record) would not fit in `max_record_bytes` (the bus's limit: Kafka's
+/// is well under 1 MB, the embedded bus's is larger, and every page costs a scan, ledger steps
+/// and an fsync or a round trip each, so the fewer the better). A function of the job and the
+/// deployment's configuration, so a page redone after a crash is the same page.
+pub fn page_size(configured: usize, payload_len: usize, padded: bool, max_record_bytes: usize) -> usize {
     let overhead = message::MAX_BODY_LEN - message::MAX_PLAINTEXT_LEN;
     let body =
         if padded { message::MAX_BODY_LEN } else { (payload_len + overhead).min(message::MAX_BODY_LEN) };
-    configured.min(MAX_BATCH_BYTES / (body + DELIVERY_OVERHEAD_BYTES)).max(1)
+    configured.min(max_record_bytes / (body + DELIVERY_OVERHEAD_BYTES)).max(1)
 }
 
 /// Distinct VAPID keys one page may mix; more would need a new numbering, so the worker splits
@@ -396,13 +394,17 @@ mod tests {
 
     #[test]
     fn pages_shrink_so_a_batch_fits_one_bus_record() {
-        assert_eq!(page_size(512, 100, false), 512, "small payloads keep the configured size");
-        let largest = page_size(512, message::MAX_PLAINTEXT_LEN, false);
-        assert!(
-            largest < 512 && largest * (message::MAX_BODY_LEN + DELIVERY_OVERHEAD_BYTES) <= MAX_BATCH_BYTES
+        const KAFKA: usize = 768 * 1024;
+        assert_eq!(page_size(512, 100, false, KAFKA), 512, "small payloads keep the configured size");
+        let largest = page_size(512, message::MAX_PLAINTEXT_LEN, false, KAFKA);
+        assert!(largest < 512 && largest * (message::MAX_BODY_LEN + DELIVERY_OVERHEAD_BYTES) <= KAFKA);
+        assert_eq!(page_size(512, 100, true, KAFKA), largest, "padding may grow any body to the maximum");
+        assert_eq!(page_size(0, 100, false, KAFKA), 1);
+        assert_eq!(
+            page_size(512, message::MAX_PLAINTEXT_LEN, false, 4 << 20),
+            512,
+            "a roomier bus keeps the size"
         );
-        assert_eq!(page_size(512, 100, true), largest, "padding may grow any body to the maximum");
-        assert_eq!(page_size(0, 100, false), 1);
         // A full batch of the largest pushes, encoded, fits Kafka's default 1 MB record limit.
         let push = EncryptedPush {
             body: vec![0; message::MAX_BODY_LEN].into(),

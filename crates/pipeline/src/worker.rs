@@ -91,7 +91,12 @@ async fn encrypt_shard<B: Bus>(
     }
     let shard = ShardId(job.shard_index as u16);
     let padded = !matches!(pipeline.config.padding, Padding::None);
-    let page_size = plan::page_size(pipeline.config.page_size, job.payload.len(), padded);
+    let page_size = plan::page_size(
+        pipeline.config.page_size,
+        job.payload.len(),
+        padded,
+        pipeline.bus.max_record_bytes(),
+    );
     let pages = Pages { pipeline, job: &job, payload: job.payload.clone(), context };
     let checkpoint = pipeline.ledger.load_checkpoint(&tenant, &broadcast, shard).await?;
     // `None`: every page was handed on before, by this job's earlier delivery.

@@ -164,8 +164,16 @@ impl KafkaBus {
     }
 }
 
+/// Kafka refuses records over 1 MB by default (`message.max.bytes`, broker and producer); the
+/// rest is headroom for headers and the batch framing.
+const MAX_RECORD_BYTES: usize = 768 * 1024;
+
 impl Bus for KafkaBus {
     type Subscription = KafkaSubscription;
+
+    fn max_record_bytes(&self) -> usize {
+        MAX_RECORD_BYTES
+    }
 
     async fn send(&self, topic: Topic, record: Record) -> Result<(), BusError> {
         let name = self.config.topic_names.name(topic);
