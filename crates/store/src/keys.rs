@@ -55,6 +55,8 @@
 //! broadcast's counters (or rejections) are one short contiguous range, apart from its thousands
 //! of steps.
 
+use std::ops::Bound;
+
 use crate::ledger::BroadcastId;
 use crate::model::{SubscriptionId, TenantId, Topic};
 use crate::shard::ShardId;
@@ -178,6 +180,15 @@ pub(crate) fn embedded_topic(tenant: &TenantId, shard: ShardId, topic: &Topic) -
 /// `prefix` followed by `id`.
 pub(crate) fn with_id(prefix: &[u8], id: &SubscriptionId) -> Vec<u8> {
     [prefix, id.as_bytes()].concat()
+}
+
+/// The embedded keys under `prefix` (a shard's or a topic's) after id `after`, or all of them.
+pub(crate) fn id_range(prefix: &[u8], after: Option<SubscriptionId>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let start = match after {
+        Some(id) => Bound::Excluded(with_id(prefix, &id)),
+        None => Bound::Included(prefix.to_vec()),
+    };
+    (start, Bound::Included(with_id(prefix, &SubscriptionId::from_bytes([0xff; SubscriptionId::LEN]))))
 }
 
 /// The id at the end of an embedded `subs` or `members` key.

@@ -45,6 +45,9 @@ pub(crate) const FAILURES_OFFSET: usize = 5;
 /// the second (autopush keeps its `last_connect` coarse for the same reason).
 pub const SUCCESS_RESOLUTION_SECS: u32 = 3600;
 const ENCODINGS_OFFSET: usize = 7;
+/// The outcome header: the version and the two outcome fields, bytes 0-6. The embedded store
+/// keeps an edited copy beside the record rather than rewriting the record.
+pub(crate) const OUTCOME_LEN: usize = ENCODINGS_OFFSET;
 const CREATED_OFFSET: usize = 8;
 const P256DH_OFFSET: usize = 12;
 const AUTH_OFFSET: usize = 77;
@@ -113,8 +116,7 @@ pub(crate) fn decode(
     if fixed[0] != VERSION {
         return Err(RecordError::UnknownVersion(fixed[0]));
     }
-    let last_success = u32::from_be_bytes(array(&fixed[LAST_SUCCESS_OFFSET..]));
-    let consecutive_failures = u16::from_be_bytes(array(&fixed[FAILURES_OFFSET..]));
+    let (last_success_at, consecutive_failures) = outcome(fixed)?;
     let encodings = ContentEncodings::from_bits(fixed[ENCODINGS_OFFSET])
         .ok_or(RecordError::UnknownEncodings(fixed[ENCODINGS_OFFSET]))?;
     let created_at = UnixSeconds(u32::from_be_bytes(array(&fixed[CREATED_OFFSET..])));
@@ -139,9 +141,20 @@ pub(crate) fn decode(
         vapid_key,
         topics,
         created_at,
-        last_success_at: (last_success != 0).then_some(UnixSeconds(last_success)),
+        last_success_at,
         consecutive_failures,
     })
+}
+
+/// The outcome fields of a record or of its outcome header alone: last success, failures.
+pub(crate) fn outcome(header: &[u8]) -> Result<(Option<UnixSeconds>, u16), RecordError> {
+    let header = header.get(..OUTCOME_LEN).ok_or(RecordError::Truncated)?;
+    if header[0] != VERSION {
+        return Err(RecordError::UnknownVersion(header[0]));
+    }
+    let last_success = u32::from_be_bytes(array(&header[LAST_SUCCESS_OFFSET..]));
+    let failures = u16::from_be_bytes(array(&header[FAILURES_OFFSET..]));
+    Ok(((last_success != 0).then_some(UnixSeconds(last_success)), failures))
 }
 
 /// The topics of a record, without decoding (or validating) the rest.
@@ -164,16 +177,17 @@ pub(crate) fn with_topics(record: &[u8], topics: &[Topic]) -> Result<Vec<u8>, Re
     Ok(out)
 }
 
-/// Records a delivery outcome in place: a success sets the last-success time and clears the
-/// failure count, a failure increments the count (saturating). Returns whether the record
-/// changed: a success within [`SUCCESS_RESOLUTION_SECS`] of the recorded one, with no failures
-/// since, is not worth a write. The Redis outcome script does the same edit server-side.
+/// Records a delivery outcome in place, in a record or its outcome header alone (the first
+/// [`OUTCOME_LEN`] bytes): a success sets the last-success time and clears the failure count,
+/// a failure increments the count (saturating). Returns whether anything changed: a success
+/// within [`SUCCESS_RESOLUTION_SECS`] of the recorded one, with no failures since, is not worth
+/// a write. The Redis outcome script does the same edit server-side.
 pub(crate) fn apply_outcome(
     record: &mut [u8],
     result: DeliveryResult,
     now: UnixSeconds,
 ) -> Result<bool, RecordError> {
-    if record.len() < VAPID_OFFSET {
+    if record.len() < OUTCOME_LEN {
         return Err(RecordError::Truncated);
     }
     if record[0] != VERSION {

@@ -154,6 +154,14 @@ async fn outcomes_are_recorded_in_batches(store: &dyn SubscriptionStore) {
     assert_eq!((once.last_success_at, once.consecutive_failures), (None, 1));
     // Everything else in the record is untouched.
     assert_eq!(Subscription { consecutive_failures: 0, ..once }, subs[20]);
+
+    // Re-subscribing replaces the record, outcome fields included; so does a removal and a
+    // new subscription with the same id.
+    store.import(&subs[7..8]).await.unwrap();
+    assert_eq!(read(7).await.unwrap().unwrap(), subs[7]);
+    store.remove(&tenant, &[subs[1].id]).await.unwrap();
+    store.import(&subs[1..2]).await.unwrap();
+    assert_eq!(read(1).await.unwrap().unwrap(), subs[1]);
 }
 
 /// Tagging rewrites whole records while outcome recording edits them in place; run both at once
@@ -183,6 +191,10 @@ async fn concurrent_tagging_and_outcomes_lose_nothing(store: &dyn SubscriptionSt
     for found in scan_all(store, &tenant, &Audience::Everyone, 100).await {
         assert_eq!((found.consecutive_failures, &found.topics), (20, &topics));
     }
+    // Topic scans carry the outcome fields too, page after page.
+    let members = scan_all(store, &tenant, &Audience::Topic(topics[0].clone()), 7).await;
+    assert_eq!(members.len(), 100);
+    assert!(members.iter().all(|found| found.consecutive_failures == 20));
 }
 
 async fn tenants_are_isolated(store: &dyn SubscriptionStore) {
