@@ -12,6 +12,7 @@
 //!   the process, which is what standalone mode accepts.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -19,9 +20,10 @@ use metrics::counter;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::bus::{Ack, AckInner, Bus, Incoming, Subscription};
-use crate::envelope::Record;
+use crate::envelope::{self, BusMessage, Record};
 use crate::error::BusError;
 use crate::topic::Topic;
+use crate::trace_context::MessageContext;
 
 /// Sizing of the embedded bus.
 #[derive(Clone, Debug)]
@@ -107,8 +109,7 @@ impl GroupQueue {
     /// Queues `record` once there is room for it.
     async fn push(&self, record: Record) -> Result<(), ()> {
         // A record larger than the whole queue waits for an empty queue rather than forever.
-        let kib =
-            u32::try_from(record.payload.len().div_ceil(1024)).unwrap_or(u32::MAX).min(self.capacity_kib);
+        let kib = u32::try_from(record.size().div_ceil(1024)).unwrap_or(u32::MAX).min(self.capacity_kib);
         let room = Arc::clone(&self.room_kib).acquire_many_owned(kib).await.map_err(drop)?;
         self.sender.send(Queued { record, _room: room }).await.map_err(drop)
     }
@@ -148,7 +149,7 @@ impl Bus for EmbeddedBus {
     type Subscription = EmbeddedSubscription;
 
     async fn send(&self, topic: Topic, record: Record) -> Result<(), BusError> {
-        let bytes = record.payload.len();
+        let bytes = record.size();
         if bytes > self.shared.config.max_record_bytes {
             counter!("pushfan_bus_produce_errors_total", "topic" => topic.name(), "error" => "too_large")
                 .increment(1);
@@ -173,6 +174,15 @@ impl Bus for EmbeddedBus {
 
     fn max_record_bytes(&self) -> usize {
         self.shared.config.max_record_bytes
+    }
+
+    /// Sends the message itself: within one process there is nothing to encode.
+    fn publish<M: BusMessage>(
+        &self,
+        message: &M,
+        context: &MessageContext,
+    ) -> impl Future<Output = Result<(), BusError>> + Send {
+        self.send(M::TOPIC, envelope::in_process(message, context))
     }
 
     fn subscribe(&self, topic: Topic, group: &str) -> Result<EmbeddedSubscription, BusError> {

@@ -293,6 +293,7 @@ impl PollLoop {
             payload: bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default()),
             headers,
             spread: None,
+            in_process: None,
         };
         Some(Polled { record, position, generation })
     }
