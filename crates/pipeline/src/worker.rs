@@ -115,10 +115,20 @@ async fn encrypt_shard<B: Bus>(
                 scanned.subscriptions
             }
         };
-        pages.hand_on(page, subscriptions).await?;
+        let step = pages.hand_on(page, subscriptions).await?;
+        let checkpoint = ShardCheckpoint { cursor, next_page: page + 1 };
+        // The page's step and the checkpoint past it are one write.
+        match step {
+            Some(delta) => {
+                let step = plan::page_step(job.shard_index, page);
+                pipeline
+                    .ledger
+                    .add_progress_with_checkpoint(&tenant, &broadcast, &step, &delta, shard, checkpoint)
+                    .await?;
+            }
+            None => pipeline.ledger.save_checkpoint(&tenant, &broadcast, shard, checkpoint).await?,
+        }
         page += 1;
-        let checkpoint = ShardCheckpoint { cursor, next_page: page };
-        pipeline.ledger.save_checkpoint(&tenant, &broadcast, shard, checkpoint).await?;
     }
     let done = ProgressDelta {
         counts: BroadcastCounts { shards_done: 1, ..Default::default() },
@@ -137,15 +147,18 @@ struct Pages<'a, B: Bus> {
 }
 
 impl<B: Bus> Pages<'_, B> {
-    /// Encrypts page `page` on the rayon pool, sends one delivery batch per VAPID key, then
-    /// records the page as handed on. The page's counts travel with its batches (see
-    /// `PageCounts`); only a page that sends nothing is counted here.
-    async fn hand_on(&self, page: u32, subscriptions: Vec<Subscription>) -> Result<(), HandleError> {
+    /// Encrypts page `page` on the rayon pool and sends one delivery batch per VAPID key; returns
+    /// the page's ledger step (`None` for an empty page). The page's counts travel with its
+    /// batches (see `PageCounts`); only a page that sends nothing is counted in its step.
+    async fn hand_on(
+        &self,
+        page: u32,
+        subscriptions: Vec<Subscription>,
+    ) -> Result<Option<ProgressDelta>, HandleError> {
         if subscriptions.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let job = self.job;
-        let (tenant, broadcast) = plan::identity(&job.tenant, &job.broadcast_id)?;
         let targeted = subscriptions.len() as u64;
         let mut counts = BroadcastCounts { targeted, ..Default::default() };
         let ttl = job.options.as_ref().map_or(0, |o| o.ttl_seconds);
@@ -217,12 +230,7 @@ impl<B: Bus> Pages<'_, B> {
                 };
             }
         }
-        let delta = ProgressDelta { counts, ..Default::default() };
-        self.pipeline
-            .ledger
-            .add_progress(&tenant, &broadcast, &plan::page_step(job.shard_index, page), &delta)
-            .await?;
-        Ok(())
+        Ok(Some(ProgressDelta { counts, ..Default::default() }))
     }
 
     /// Runs the batch encryption on rayon's pool so the async threads never block on crypto.

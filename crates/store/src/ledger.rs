@@ -221,6 +221,21 @@ pub trait BroadcastLedger: Send + Sync + fmt::Debug {
         delta: &ProgressDelta,
     ) -> Result<bool, StoreError>;
 
+    /// [`BroadcastLedger::add_progress`] and [`BroadcastLedger::save_checkpoint`] as one atomic
+    /// write: a worker's page step with the checkpoint past that page, one fsync or round trip
+    /// instead of two. The checkpoint is saved (by `save_checkpoint`'s rule) even when the step
+    /// is a repeat: a page redone after a crash still moves its shard on. Returns whether the
+    /// step was applied.
+    async fn add_progress_with_checkpoint(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        step: &str,
+        delta: &ProgressDelta,
+        shard: ShardId,
+        checkpoint: ShardCheckpoint,
+    ) -> Result<bool, StoreError>;
+
     /// Remembers where `shard`'s scan resumes. A checkpoint never moves back: one with a lower
     /// `next_page` than the stored one is ignored, so a stale worker still running a redelivered
     /// shard job cannot rewind the worker that took over.

@@ -241,6 +241,38 @@ async fn checkpoints_round_trip(store: &dyn Store) {
     assert!(matches!(err, StoreError::ShardOutOfRange { .. }), "{err}");
 }
 
+async fn page_steps_carry_their_checkpoint(store: &dyn Store) {
+    let tenant = unique_tenant("page");
+    let id = broadcast("b-page");
+    store.create_broadcast(&tenant, &id, 2, UnixSeconds(1)).await.unwrap();
+    let shard = ShardId(1);
+    let at = |next_page| ShardCheckpoint { cursor: Some(ScanCursor::START), next_page };
+    let page = |step: &'static str, n: u64, shard: ShardId, next_page: u32| {
+        let (tenant, id) = (&tenant, &id);
+        async move {
+            store.add_progress_with_checkpoint(tenant, id, step, &targeted(n), shard, at(next_page)).await
+        }
+    };
+
+    assert!(page("page/1/0", 10, shard, 1).await.unwrap(), "a new step is applied");
+    assert_eq!(store.load_checkpoint(&tenant, &id, shard).await.unwrap(), Some(at(1)));
+    // A page redone after a crash: its step counts once, its checkpoint still moves the shard on.
+    assert!(!page("page/1/0", 10, shard, 2).await.unwrap());
+    assert_eq!(status(store, &tenant, &id).await.counts.targeted, 10);
+    assert_eq!(store.load_checkpoint(&tenant, &id, shard).await.unwrap(), Some(at(2)));
+    // A stale worker's new step counts, but its older checkpoint does not rewind the shard.
+    assert!(page("page/1/1", 5, shard, 1).await.unwrap());
+    assert_eq!(status(store, &tenant, &id).await.counts.targeted, 15);
+    assert_eq!(store.load_checkpoint(&tenant, &id, shard).await.unwrap(), Some(at(2)));
+
+    let beyond = page("page/9/0", 1, ShardId(SHARDS), 1).await.unwrap_err();
+    assert!(matches!(beyond, StoreError::ShardOutOfRange { .. }), "{beyond}");
+    let unnamed = page("", 1, shard, 3).await.unwrap_err();
+    assert!(matches!(unnamed, StoreError::InvalidName { .. }), "{unnamed}");
+    assert_eq!(status(store, &tenant, &id).await.counts.targeted, 15, "refused calls change nothing");
+    assert_eq!(store.load_checkpoint(&tenant, &id, shard).await.unwrap(), Some(at(2)));
+}
+
 async fn unknown_broadcasts_have_no_status(store: &dyn Store) {
     let tenant = unique_tenant("unknown");
     let id = broadcast("never-created");
@@ -300,6 +332,11 @@ macro_rules! ledger_conformance {
             #[tokio::test]
             async fn checkpoints_round_trip() {
                 super::checkpoints_round_trip(&*super::$backend().await.store).await;
+            }
+
+            #[tokio::test]
+            async fn page_steps_carry_their_checkpoint() {
+                super::page_steps_carry_their_checkpoint(&*super::$backend().await.store).await;
             }
 
             #[tokio::test]

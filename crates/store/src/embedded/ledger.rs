@@ -16,6 +16,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use fjall::Batch;
 use tracing::instrument;
 
 use super::{EmbeddedStore, Inner, BACKEND};
@@ -112,6 +113,7 @@ impl Inner {
         broadcast: &BroadcastId,
         step: &str,
         delta: &ProgressDelta,
+        checkpoint: Option<(ShardId, ShardCheckpoint)>,
     ) -> Result<bool, StoreError> {
         let step_key =
             [keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Step), step.as_bytes().to_vec()]
@@ -119,28 +121,35 @@ impl Inner {
         let counter_prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Count);
         let rejection_prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Rejection);
         let _writer = self.ledger_lock();
-        if self.ledger.contains_key(&step_key)? {
-            return Ok(false);
-        }
         let mut batch = self.write_batch();
-        // Each stored entry is read and written once: counter names are unique and the
-        // rejections are merged per reason, so no addition builds on a value this batch replaces.
-        let mut add = |key: Vec<u8>, n: u64, what: &'static str| -> Result<(), StoreError> {
-            let stored = self.ledger.get(&key)?.map(|bytes| read_u64(&bytes, what)).transpose()?;
-            batch.insert(&self.ledger, key, stored.unwrap_or(0).saturating_add(n).to_be_bytes());
-            Ok(())
-        };
-        for (name, n) in delta.counts.nonzero() {
-            add([&counter_prefix[..], name.as_bytes()].concat(), n, "counter")?;
+        let mut staged = false;
+        if let Some((shard, checkpoint)) = checkpoint {
+            staged = self.stage_checkpoint(&mut batch, tenant, broadcast, shard, checkpoint)?;
         }
-        for (reason, n) in delta.merged_rejections() {
-            let key =
-                [&rejection_prefix[..], &reason.status.to_be_bytes(), reason.reason.as_bytes()].concat();
-            add(key, n, "rejection count")?;
+        let applied = !self.ledger.contains_key(&step_key)?;
+        if applied {
+            // Each stored entry is read and written once: counter names are unique and the
+            // rejections are merged per reason, so no addition builds on a value this batch
+            // replaces.
+            let mut add = |key: Vec<u8>, n: u64, what: &'static str| -> Result<(), StoreError> {
+                let stored = self.ledger.get(&key)?.map(|bytes| read_u64(&bytes, what)).transpose()?;
+                batch.insert(&self.ledger, key, stored.unwrap_or(0).saturating_add(n).to_be_bytes());
+                Ok(())
+            };
+            for (name, n) in delta.counts.nonzero() {
+                add([&counter_prefix[..], name.as_bytes()].concat(), n, "counter")?;
+            }
+            for (reason, n) in delta.merged_rejections() {
+                let key =
+                    [&rejection_prefix[..], &reason.status.to_be_bytes(), reason.reason.as_bytes()].concat();
+                add(key, n, "rejection count")?;
+            }
+            batch.insert(&self.ledger, step_key, []);
         }
-        batch.insert(&self.ledger, step_key, []);
-        batch.commit()?;
-        Ok(true)
+        if applied || staged {
+            batch.commit()?;
+        }
+        Ok(applied)
     }
 
     fn save_checkpoint(
@@ -150,16 +159,32 @@ impl Inner {
         shard: ShardId,
         checkpoint: ShardCheckpoint,
     ) -> Result<bool, StoreError> {
-        let key = self.checkpoint_key(tenant, broadcast, shard);
         let _writer = self.ledger_lock();
+        let mut batch = self.write_batch();
+        let staged = self.stage_checkpoint(&mut batch, tenant, broadcast, shard, checkpoint)?;
+        if staged {
+            batch.commit()?;
+        }
+        Ok(staged)
+    }
+
+    /// Adds `checkpoint` to `batch` unless the stored one is further on; the caller holds the
+    /// ledger lock.
+    fn stage_checkpoint(
+        &self,
+        batch: &mut Batch,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        shard: ShardId,
+        checkpoint: ShardCheckpoint,
+    ) -> Result<bool, StoreError> {
+        let key = self.checkpoint_key(tenant, broadcast, shard);
         if let Some(stored) = self.ledger.get(&key)? {
             if ShardCheckpoint::from_bytes(&stored)?.next_page > checkpoint.next_page {
                 return Ok(false);
             }
         }
-        let mut batch = self.write_batch();
         batch.insert(&self.ledger, key, checkpoint.to_bytes());
-        batch.commit()?;
         Ok(true)
     }
 
@@ -277,7 +302,34 @@ impl BroadcastLedger for EmbeddedStore {
         let (tenant, broadcast, step, delta) =
             (tenant.clone(), broadcast.clone(), step.to_owned(), delta.clone());
         let applied = self
-            .blocking("add_progress", move |inner| inner.add_progress(&tenant, &broadcast, &step, &delta))
+            .blocking("add_progress", move |inner| {
+                inner.add_progress(&tenant, &broadcast, &step, &delta, None)
+            })
+            .await?;
+        tracing::Span::current().record("applied", applied);
+        telemetry::progress_step(BACKEND, applied);
+        Ok(applied)
+    }
+
+    #[instrument(name = "store.add_progress_with_checkpoint", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, step = %step, %shard, next_page = checkpoint.next_page, applied))]
+    async fn add_progress_with_checkpoint(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        step: &str,
+        delta: &ProgressDelta,
+        shard: ShardId,
+        checkpoint: ShardCheckpoint,
+    ) -> Result<bool, StoreError> {
+        const OP: &str = "add_progress_with_checkpoint";
+        observe(BACKEND, OP, ledger::check_label("progress step", step))?;
+        let shard = observe(BACKEND, OP, self.inner.shards.check(shard))?;
+        let (tenant, broadcast, step, delta) =
+            (tenant.clone(), broadcast.clone(), step.to_owned(), delta.clone());
+        let applied = self
+            .blocking(OP, move |inner| {
+                inner.add_progress(&tenant, &broadcast, &step, &delta, Some((shard, checkpoint)))
+            })
             .await?;
         tracing::Span::current().record("applied", applied);
         telemetry::progress_step(BACKEND, applied);

@@ -55,6 +55,37 @@ for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
 return 1
 ";
 
+/// A page's step and the checkpoint past it, in one atomic script: the checkpoint is stored
+/// unless the stored one is further on, whether or not the step is new; the step's increments
+/// are applied once.
+const PAGE_SCRIPT: &str = r"
+-- KEYS: the broadcast's meta, counts, rej, steps and ckpt keys.
+-- ARGV[1]: retention in ms; ARGV[2]: the shard; ARGV[3]: its checkpoint, whose first 4 bytes are
+-- its next page as a big-endian u32; ARGV[4]: the step; ARGV[5]: n, the number of counter pairs;
+-- then n pairs (counter, increment), then pairs (rejection field, increment).
+-- Returns 1 if the step was applied, 0 if it had been already.
+local function page(checkpoint)
+  local a, b, c, d = string.byte(checkpoint, 1, 4)
+  return ((a * 256 + b) * 256 + c) * 256 + d
+end
+local stored = redis.call('HGET', KEYS[5], ARGV[2])
+if not (stored and #stored >= 4 and page(stored) > page(ARGV[3])) then
+  redis.call('HSET', KEYS[5], ARGV[2], ARGV[3])
+end
+local applied = redis.call('SADD', KEYS[4], ARGV[4])
+if applied == 1 then
+  local counters_end = 5 + 2 * tonumber(ARGV[5])
+  for i = 6, counters_end, 2 do
+    redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+  for i = counters_end + 1, #ARGV, 2 do
+    redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
+  end
+end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+return applied
+";
+
 /// Stores a checkpoint unless the stored one is further on.
 const CHECKPOINT_SCRIPT: &str = r"
 -- KEYS: the broadcast's meta, counts, rej, steps and ckpt keys.
@@ -97,6 +128,7 @@ return 0
 pub(super) struct Scripts {
     create: Script,
     progress: Script,
+    page: Script,
     checkpoint: Script,
     status: Script,
     release: Script,
@@ -107,6 +139,7 @@ impl Scripts {
         Self {
             create: Script::new(CREATE_SCRIPT),
             progress: Script::new(PROGRESS_SCRIPT),
+            page: Script::new(PAGE_SCRIPT),
             checkpoint: Script::new(CHECKPOINT_SCRIPT),
             status: Script::new(STATUS_SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
@@ -130,6 +163,18 @@ fn invoke_on_broadcast<'a>(script: &'a Script, keys: &BroadcastKeys) -> redis::S
 
 fn unexpected(what: &str, value: &str) -> StoreError {
     StoreError::UnexpectedReply(format!("ledger {what} {value:?}"))
+}
+
+/// The progress script's step, counter and rejection arguments (the page script's too).
+fn progress_args(invocation: &mut redis::ScriptInvocation<'_>, step: &str, delta: &ProgressDelta) {
+    let counters: Vec<(&str, u64)> = delta.counts.nonzero().collect();
+    invocation.arg(step).arg(counters.len());
+    for (name, n) in counters {
+        invocation.arg(name).arg(n);
+    }
+    for (reason, n) in delta.merged_rejections() {
+        invocation.arg(keys::rejection_field(reason.status, &reason.reason)).arg(n);
+    }
 }
 
 /// Builds a status from the three hashes the status script read; `None` without meta.
@@ -248,19 +293,39 @@ impl BroadcastLedger for RedisStore {
             ledger::check_label("progress step", step)?;
             let keys = BroadcastKeys::new(tenant, broadcast);
             let mut invocation = invoke_on_broadcast(&self.ledger_scripts.progress, &keys);
-            let counters: Vec<(&str, u64)> = delta.counts.nonzero().collect();
-            invocation.arg(step).arg(counters.len());
-            for (name, n) in counters {
-                invocation.arg(name).arg(n);
-            }
-            for (reason, n) in delta.merged_rejections() {
-                invocation.arg(keys::rejection_field(reason.status, &reason.reason)).arg(n);
-            }
+            progress_args(&mut invocation, step, delta);
             let applied: bool = invocation.invoke_async(&mut self.connection()).await?;
             Ok(applied)
         }
         .await;
         let applied = observe(BACKEND, "add_progress", result)?;
+        tracing::Span::current().record("applied", applied);
+        telemetry::progress_step(BACKEND, applied);
+        Ok(applied)
+    }
+
+    #[instrument(name = "store.add_progress_with_checkpoint", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, step = %step, %shard, next_page = checkpoint.next_page, applied))]
+    async fn add_progress_with_checkpoint(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        step: &str,
+        delta: &ProgressDelta,
+        shard: ShardId,
+        checkpoint: ShardCheckpoint,
+    ) -> Result<bool, StoreError> {
+        let result = async {
+            ledger::check_label("progress step", step)?;
+            let shard = self.shards.check(shard)?;
+            let keys = BroadcastKeys::new(tenant, broadcast);
+            let mut invocation = invoke_on_broadcast(&self.ledger_scripts.page, &keys);
+            invocation.arg(shard.0).arg(checkpoint.to_bytes());
+            progress_args(&mut invocation, step, delta);
+            let applied: bool = invocation.invoke_async(&mut self.connection()).await?;
+            Ok(applied)
+        }
+        .await;
+        let applied = observe(BACKEND, "add_progress_with_checkpoint", result)?;
         tracing::Span::current().record("applied", applied);
         telemetry::progress_step(BACKEND, applied);
         Ok(applied)
