@@ -246,32 +246,63 @@ impl Inner {
         outcomes: &[DeliveryOutcome],
         at: UnixSeconds,
     ) -> Result<usize, StoreError> {
+        // In shard and id order (stable: one id's outcomes keep theirs), so that each shard's
+        // outcome headers and records are read in one walk each from its lowest id to its
+        // highest: a delivery batch is one page of one shard, so its ids lie close together.
+        let mut sorted: Vec<(ShardId, &DeliveryOutcome)> =
+            outcomes.iter().map(|outcome| (self.shards.shard_of(&outcome.id), outcome)).collect();
+        sorted.sort_by_key(|&(shard, outcome)| (shard, outcome.id));
         let _writer = self.lock();
         // Not fsynced on its own: outcome fields only inform (last success, failures since), and
         // the ledger step that follows every delivery batch fsyncs the same journal.
         let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
         let mut recorded = 0;
-        for outcome in outcomes {
-            let id = outcome.id;
-            let key = keys::with_id(&keys::embedded_shard(tenant, self.shards.shard_of(&id)), &id);
-            let corrupt = |source| StoreError::CorruptRecord { id, source };
-            // A kept header means the record exists (the module's invariant); without one, the
-            // record's own header is where this outcome starts from.
-            let kept = match self.outcomes.get(&key)? {
-                Some(kept) => kept,
-                None => match self.read_record(&key)? {
-                    Some(record) => record,
-                    None => continue,
-                },
-            };
-            let mut header = [0; record::OUTCOME_LEN];
-            let kept =
-                kept.get(..record::OUTCOME_LEN).ok_or_else(|| corrupt(record::RecordError::Truncated))?;
-            header.copy_from_slice(kept);
-            if record::apply_outcome(&mut header, outcome.result, at).map_err(corrupt)? {
-                batch.insert(&self.outcomes, key, header);
+        for group in sorted.chunk_by(|a, b| a.0 == b.0) {
+            let prefix = keys::embedded_shard(tenant, group[0].0);
+            let span = keys::id_span(&prefix, group[0].1.id, group[group.len() - 1].1.id);
+            let mut kept = Walk::new(self.outcomes.range(span.clone()));
+            let mut records = Walk::new(self.subscriptions.range(span));
+            // A sparse group (a small topic's members) would step over many records: past this,
+            // the rest are point reads.
+            let budget = 4 * group.len() + 64;
+            let mut last: Option<(SubscriptionId, [u8; record::OUTCOME_LEN])> = None;
+            for &(_, outcome) in group {
+                let id = outcome.id;
+                let key = keys::with_id(&prefix, &id);
+                let corrupt = |source| StoreError::CorruptRecord { id, source };
+                let header = match last {
+                    // The same id again in this call: go on from its updated header.
+                    Some((previous, header)) if previous == id => Some(header),
+                    // A kept header means the record exists (the module's invariant); without
+                    // one, the record's own header is where this outcome starts from.
+                    _ => {
+                        let stored = match kept.value(id)? {
+                            Some(header) => Some(header),
+                            None => match records.find(id, budget)? {
+                                Found::At(record) => Some(record),
+                                Found::Absent => None,
+                                Found::GaveUp => self.read_record(&key)?,
+                            },
+                        };
+                        stored
+                            .map(|stored| {
+                                let stored = stored
+                                    .get(..record::OUTCOME_LEN)
+                                    .ok_or_else(|| corrupt(record::RecordError::Truncated))?;
+                                let mut header = [0; record::OUTCOME_LEN];
+                                header.copy_from_slice(stored);
+                                Ok::<_, StoreError>(header)
+                            })
+                            .transpose()?
+                    }
+                };
+                let Some(mut header) = header else { continue };
+                if record::apply_outcome(&mut header, outcome.result, at).map_err(corrupt)? {
+                    batch.insert(&self.outcomes, key, header);
+                }
+                last = Some((id, header));
+                recorded += 1;
             }
-            recorded += 1;
         }
         batch.commit()?;
         Ok(recorded)
@@ -295,7 +326,7 @@ impl Inner {
         let mut seen = 0;
         let mut last = None;
         // Members come in id order, as records and outcome headers do: one pass over each.
-        let mut outcomes = Overlay::new(self.outcomes.range(keys::id_range(&shard_prefix, after)));
+        let mut outcomes = Walk::new(self.outcomes.range(keys::id_range(&shard_prefix, after)));
         for entry in partition.range(keys::id_range(&prefix, after)).take(page_size) {
             let (key, value) = entry?;
             // Every key in the range is the prefix plus an id.
@@ -309,7 +340,7 @@ impl Inner {
             // A membership without its record would be a bug in this module's batches; skip it
             // rather than fail a broadcast.
             let Some(record) = record else { continue };
-            let subscription = decode(tenant, id, &record, outcomes.header(id)?.as_deref())?;
+            let subscription = decode(tenant, id, &record, outcomes.value(id)?.as_deref())?;
             if subscription.is_in(audience) {
                 subscriptions.push(subscription);
             }
@@ -336,32 +367,58 @@ fn decode(
     Ok(subscription)
 }
 
-/// The outcome headers of one shard, walked alongside a scan in id order.
-struct Overlay<I> {
-    headers: I,
+/// One id-ordered key range (a shard's records or outcome headers), looked up in ascending id
+/// order in a single pass: stepping to the next entry costs a fraction of a point read, which
+/// searches the memtable and probes every segment's filter again.
+struct Walk<I> {
+    entries: I,
     next: Option<(SubscriptionId, fjall::Slice)>,
+    stepped: usize,
 }
 
-impl<I: Iterator<Item = fjall::Result<fjall::KvPair>>> Overlay<I> {
-    fn new(headers: I) -> Self {
-        Self { headers, next: None }
+/// What [`Walk::find`] found.
+enum Found {
+    At(fjall::Slice),
+    Absent,
+    /// The step budget ran out first; the walk is spent.
+    GaveUp,
+}
+
+impl<I: Iterator<Item = fjall::Result<fjall::KvPair>>> Walk<I> {
+    fn new(entries: I) -> Self {
+        Self { entries, next: None, stepped: 0 }
     }
 
-    /// The header kept for `id`; ids must come in ascending order.
-    fn header(&mut self, id: SubscriptionId) -> Result<Option<fjall::Slice>, StoreError> {
+    /// The value under `id`, stepping over at most `budget` entries in the walk's life; ids
+    /// must come in ascending order.
+    fn find(&mut self, id: SubscriptionId, budget: usize) -> Result<Found, StoreError> {
         loop {
             match &self.next {
-                Some((next, _)) if *next > id => return Ok(None),
-                Some((next, _)) if *next == id => return Ok(self.next.take().map(|(_, header)| header)),
+                Some((next, _)) if *next > id => return Ok(Found::Absent),
+                Some((next, _)) if *next == id => {
+                    return Ok(self.next.take().map_or(Found::Absent, |(_, value)| Found::At(value)))
+                }
                 _ => {}
             }
-            let Some(entry) = self.headers.next() else {
+            if self.stepped >= budget {
+                return Ok(Found::GaveUp);
+            }
+            self.stepped += 1;
+            let Some(entry) = self.entries.next() else {
                 self.next = None;
-                return Ok(None);
+                return Ok(Found::Absent);
             };
-            let (key, header) = entry?;
-            self.next = keys::id_suffix(&key).map(|next| (next, header));
+            let (key, value) = entry?;
+            self.next = keys::id_suffix(&key).map(|next| (next, value));
         }
+    }
+
+    /// [`Walk::find`] without a budget.
+    fn value(&mut self, id: SubscriptionId) -> Result<Option<fjall::Slice>, StoreError> {
+        Ok(match self.find(id, usize::MAX)? {
+            Found::At(value) => Some(value),
+            Found::Absent | Found::GaveUp => None,
+        })
     }
 }
 

@@ -191,6 +191,15 @@ pub(crate) fn id_range(prefix: &[u8], after: Option<SubscriptionId>) -> (Bound<V
     (start, Bound::Included(with_id(prefix, &SubscriptionId::from_bytes([0xff; SubscriptionId::LEN]))))
 }
 
+/// The embedded keys under `prefix` from id `first` to id `last`, both included.
+pub(crate) fn id_span(
+    prefix: &[u8],
+    first: SubscriptionId,
+    last: SubscriptionId,
+) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    (Bound::Included(with_id(prefix, &first)), Bound::Included(with_id(prefix, &last)))
+}
+
 /// The id at the end of an embedded `subs` or `members` key.
 pub(crate) fn id_suffix(key: &[u8]) -> Option<SubscriptionId> {
     let start = key.len().checked_sub(SubscriptionId::LEN)?;

@@ -164,6 +164,41 @@ async fn outcomes_are_recorded_in_batches(store: &dyn SubscriptionStore) {
     assert_eq!(read(1).await.unwrap().unwrap(), subs[1]);
 }
 
+/// Outcomes in any order and grouping: shuffled across shards, one id twice in a call (each
+/// counts), a few ids far apart in a big shard, ids the tenant never had.
+async fn outcomes_in_any_order_all_count(store: &dyn SubscriptionStore) {
+    let tenant = unique_tenant("scatter");
+    let subs = batch(&tenant, 0..1200, &[]);
+    store.import(&subs).await.unwrap();
+    let failed = |id| DeliveryOutcome { id, result: DeliveryResult::Failed };
+    let mut calls: Vec<DeliveryOutcome> = subs.iter().rev().step_by(97).map(|s| failed(s.id)).collect();
+    calls.push(failed(subs[3].id));
+    calls.push(failed(subs[3].id));
+    // The lowest and the highest id of one shard: the ~150 records between them are not asked for.
+    let shards = store.shard_count();
+    let mut in_shard: Vec<usize> =
+        (0..subs.len()).filter(|&n| shards.shard_of(&subs[n].id) == ShardId(0)).collect();
+    in_shard.sort_by_key(|&n| subs[n].id);
+    let (lowest, highest) = (in_shard[0], in_shard[in_shard.len() - 1]);
+    calls.extend([failed(subs[lowest].id), failed(subs[highest].id)]);
+    let strangers = batch(&unique_tenant("stranger"), 5000..5003, &[]);
+    calls.extend(strangers.iter().map(|s| failed(s.id)));
+    let expected = subs.iter().rev().step_by(97).count() + 4;
+    assert_eq!(store.record_outcomes(&tenant, &calls, UnixSeconds(5)).await.unwrap(), expected);
+    let (tenant, subs) = (&tenant, &subs);
+    let failures =
+        |n: usize| async move { store.get(tenant, subs[n].id).await.unwrap().unwrap().consecutive_failures };
+    assert_eq!(failures(3).await, 2, "the same id twice in one call counts twice");
+    assert_eq!(failures(1199).await, 1);
+    assert_eq!(failures(1199 - 97).await, 1);
+    assert_eq!(failures(1198).await, 0, "a neighbour is untouched");
+    assert_eq!((failures(lowest).await, failures(highest).await), (1, 1));
+    assert_eq!(failures(in_shard[1]).await, 0, "nor is anything between them");
+    for stranger in &strangers {
+        assert_eq!(store.get(tenant, stranger.id).await.unwrap(), None, "nothing appears for unknown ids");
+    }
+}
+
 /// Tagging rewrites whole records while outcome recording edits them in place; run both at once
 /// and check neither loses the other's writes.
 async fn concurrent_tagging_and_outcomes_lose_nothing(store: &dyn SubscriptionStore) {
@@ -254,6 +289,11 @@ macro_rules! conformance {
             #[tokio::test]
             async fn tag_and_untag_change_topics() {
                 super::tag_and_untag_change_topics(&*super::$backend().await.store).await;
+            }
+
+            #[tokio::test]
+            async fn outcomes_in_any_order_all_count() {
+                super::outcomes_in_any_order_all_count(&*super::$backend().await.store).await;
             }
 
             #[tokio::test]
