@@ -63,6 +63,9 @@ pub(crate) async fn start(config: &Config, roles: Roles) -> anyhow::Result<Runni
             let mut kafka = KafkaConfig::new(config.bus.brokers.clone());
             kafka.topic_names = TopicNames::new(config.bus.topic_prefix.clone());
             kafka.extra = config.bus.librdkafka.clone().into_iter().collect();
+            if let Some(bytes) = config.bus.max_record_bytes {
+                kafka.max_record_bytes = bytes;
+            }
             let bus = KafkaBus::new(kafka).context("connecting to Kafka")?;
             if config.bus.create_topics_with_partitions > 0 {
                 bus.create_topics(config.bus.create_topics_with_partitions, config.bus.replication)

@@ -60,9 +60,17 @@ pub struct KafkaConfig {
     /// `heartbeat.interval.ms`: how soon a member learns the group is rebalancing. Its commits
     /// fail until it rejoins, so a short interval means fewer records redone after a rebalance.
     pub heartbeat_interval: Duration,
+    /// The largest record payload pushfan sends, so the largest delivery batch (the worker
+    /// sizes its pages to fit). Brokers refuse records over their `message.max.bytes` (1 MB by
+    /// default), so the default leaves room under that; raise both together. The producer's
+    /// `message.max.bytes` and the topics pushfan creates (`max.message.bytes`) follow it.
+    pub max_record_bytes: usize,
     /// Further librdkafka properties (security, tuning), applied last.
     pub extra: Vec<(String, String)>,
 }
+
+/// Room for a record's headers and the batch framing above its payload.
+const RECORD_FRAMING_BYTES: usize = 64 * 1024;
 
 impl KafkaConfig {
     /// Defaults for a cluster at `brokers`.
@@ -80,8 +88,15 @@ impl KafkaConfig {
             commit_interval: Duration::from_millis(200),
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_millis(500),
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             extra: Vec::new(),
         }
+    }
+
+    /// `message.max.bytes` for a record of [`KafkaConfig::max_record_bytes`], never below
+    /// librdkafka's and Kafka's 1 MB default.
+    fn message_max_bytes(&self) -> String {
+        (self.max_record_bytes + RECORD_FRAMING_BYTES).max(1_000_000).to_string()
     }
 
     fn client_config(&self) -> ClientConfig {
@@ -122,7 +137,8 @@ impl KafkaBus {
             .set("message.timeout.ms", millis(config.message_timeout))
             .set("queue.buffering.max.messages", config.max_queued_messages.to_string())
             .set("queue.buffering.max.kbytes", config.max_queued_kbytes.to_string())
-            .set("linger.ms", millis(config.linger));
+            .set("linger.ms", millis(config.linger))
+            .set("message.max.bytes", config.message_max_bytes());
         config.apply_extra(&mut client);
         let producer = client.create().map_err(|e| BusError::Config(Box::new(e)))?;
         Ok(Self { config, producer, partitions: Arc::default() })
@@ -143,9 +159,13 @@ impl KafkaBus {
             client.create().map_err(|e| BusError::Config(Box::new(e)))?;
         let names: Vec<String> =
             Topic::ALL.iter().map(|&topic| self.config.topic_names.name(topic)).collect();
+        let max_message_bytes = self.config.message_max_bytes();
         let new_topics: Vec<NewTopic<'_>> = names
             .iter()
-            .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(replication)))
+            .map(|name| {
+                NewTopic::new(name, partitions, TopicReplication::Fixed(replication))
+                    .set("max.message.bytes", &max_message_bytes)
+            })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = admin
@@ -166,13 +186,13 @@ impl KafkaBus {
 
 /// Kafka refuses records over 1 MB by default (`message.max.bytes`, broker and producer); the
 /// rest is headroom for headers and the batch framing.
-const MAX_RECORD_BYTES: usize = 768 * 1024;
+const DEFAULT_MAX_RECORD_BYTES: usize = 768 * 1024;
 
 impl Bus for KafkaBus {
     type Subscription = KafkaSubscription;
 
     fn max_record_bytes(&self) -> usize {
-        MAX_RECORD_BYTES
+        self.config.max_record_bytes
     }
 
     async fn send(&self, topic: Topic, record: Record) -> Result<(), BusError> {
