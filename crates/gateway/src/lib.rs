@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::stream::{self, Stream, StreamExt};
-use http::HeaderValue;
 use pushfan_webpush::vapid::TokenCache;
 use pushfan_webpush::{build_request, classify, EncryptedPush, Endpoint, PushOptions};
 use tokio::sync::Semaphore;
@@ -326,10 +325,10 @@ impl Gateway {
         let now = SystemTime::now();
         let unix_now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let token = message.vapid.token(&origin.name, unix_now);
-        let mut request = build_request(&delivery.endpoint, &delivery.push, &message.options, &token);
         // A retried message has already waited: tell the push service how long it has left.
         let remaining = message.expires_at.duration_since(now).unwrap_or_default().as_secs();
-        request.headers_mut().insert("ttl", HeaderValue::from(remaining.min(u64::from(message.options.ttl))));
+        let ttl = u32::try_from(remaining).unwrap_or(u32::MAX).min(message.options.ttl);
+        let request = build_request(&delivery.endpoint, &delivery.push, &message.options, ttl, &token);
         let exchange = async {
             let answer = self.inner.connector.send(&origin.connections, request).await?;
             Ok::<_, String>(classify(

@@ -56,7 +56,8 @@ fn message(
     let keys = sim.population().keys(keys_of);
     let push = encrypt(Backend::AwsLc, keys.subscription_keys(), encoding, payload, &Padding::None).unwrap();
     let token = signer.sign(endpoint.origin(), now());
-    build_request(&endpoint, &push, &PushOptions::default(), &token).map(Full::new)
+    build_request(&endpoint, &push, &PushOptions::default(), PushOptions::default().ttl, &token)
+        .map(Full::new)
 }
 
 async fn send<C: Connect + Clone + Send + Sync + 'static>(
@@ -144,7 +145,9 @@ async fn h2c_with_prior_knowledge() {
     )
     .unwrap();
     let token = signer.sign(endpoint.origin(), now());
-    let request = build_request(&endpoint, &push, &PushOptions::default(), &token).map(Full::new);
+    let request =
+        build_request(&endpoint, &push, &PushOptions::default(), PushOptions::default().ttl, &token)
+            .map(Full::new);
     assert_eq!(send(&h2c_client(), request).await.status, StatusCode::CREATED);
     assert_eq!(sim.live_stats().receive_counts(), vec![1, 1]);
     sim.shutdown().await.unwrap();

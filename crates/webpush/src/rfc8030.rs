@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request};
 
 use crate::message::{ContentEncoding, EncryptedPush};
@@ -112,23 +112,32 @@ impl Default for PushOptions {
     }
 }
 
-/// The `POST` to a subscription's endpoint carrying `push`, signed with `vapid`.
+const TTL: HeaderName = HeaderName::from_static("ttl");
+const URGENCY: HeaderName = HeaderName::from_static("urgency");
+const TOPIC: HeaderName = HeaderName::from_static("topic");
+const ENCRYPTION: HeaderName = HeaderName::from_static("encryption");
+const CRYPTO_KEY: HeaderName = HeaderName::from_static("crypto-key");
+
+/// The `POST` to a subscription's endpoint carrying `push`, signed with `vapid`. `ttl` is the
+/// `TTL` header: the message's (`options.ttl`), or on a retry what is left of it.
 pub fn build_request(
     endpoint: &Endpoint,
     push: &EncryptedPush,
     options: &PushOptions,
+    ttl: u32,
     vapid: &VapidToken,
 ) -> Request<Bytes> {
     let mut request = Request::new(push.body.clone());
     *request.method_mut() = Method::POST;
     *request.uri_mut() = endpoint.as_str().parse().expect("a validated URL is a valid URI");
     let headers = request.headers_mut();
-    // Room for every header below at once, rather than growing the map twice per push.
+    // Room for every header below at once, rather than growing the map twice per push; header
+    // names as constants, not parsed from text per push.
     headers.reserve(10);
-    headers.insert("ttl", HeaderValue::from(options.ttl));
-    headers.insert("urgency", HeaderValue::from_static(options.urgency.as_str()));
+    headers.insert(TTL, HeaderValue::from(ttl));
+    headers.insert(URGENCY, HeaderValue::from_static(options.urgency.as_str()));
     if let Some(topic) = &options.topic {
-        headers.insert("topic", header_value(topic.as_str()));
+        headers.insert(TOPIC, header_value(topic.as_str()));
     }
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert(CONTENT_ENCODING, HeaderValue::from_static(push.encoding.as_str()));
@@ -136,9 +145,9 @@ pub fn build_request(
     match (push.encoding, &push.aesgcm) {
         (ContentEncoding::Aesgcm, Some(params)) => {
             headers.insert(AUTHORIZATION, header_value(&vapid.legacy_authorization()));
-            headers.insert("encryption", header_value(&params.encryption_header()));
+            headers.insert(ENCRYPTION, header_value(&params.encryption_header()));
             let crypto_key = format!("{};p256ecdsa={}", params.crypto_key_dh(), vapid.public_key_base64);
-            headers.insert("crypto-key", header_value(&crypto_key));
+            headers.insert(CRYPTO_KEY, header_value(&crypto_key));
         }
         _ => {
             headers.insert(AUTHORIZATION, vapid.authorization_header.clone());
@@ -308,7 +317,7 @@ mod tests {
             &Padding::None,
         )
         .unwrap();
-        let request = build_request(&endpoint, &push, &options, &token);
+        let request = build_request(&endpoint, &push, &options, options.ttl, &token);
         let h = request.headers();
         assert_eq!(request.method(), Method::POST);
         assert_eq!(request.uri(), "https://push.example.net/wpush/v2/abc");
@@ -328,7 +337,7 @@ mod tests {
         let legacy =
             encrypt(Backend::AwsLc, ua.subscription_keys(), ContentEncoding::Aesgcm, b"hi", &Padding::None)
                 .unwrap();
-        let request = build_request(&endpoint, &legacy, &options, &token);
+        let request = build_request(&endpoint, &legacy, &options, options.ttl, &token);
         let h = request.headers();
         let params = legacy.aesgcm.unwrap();
         assert_eq!(h["content-encoding"], "aesgcm");
