@@ -100,12 +100,17 @@ impl Connector {
                 .add(CertificateDer::from(der.clone()))
                 .map_err(|e| GatewayError::RootCertificate(e.to_string()))?;
         }
-        let tls =
-            rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| GatewayError::Tls(e.to_string()))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        // AES-128-GCM first, as browsers and curl offer it: as safe here, and ~30% fewer AES rounds
+        // on every push's bytes than rustls' default first choice, AES-256-GCM.
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider
+            .cipher_suites
+            .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let tls = rustls::ClientConfig::builder_with_provider(provider.into())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| GatewayError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let mut alpn_tls = tls.clone();
         alpn_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
 
@@ -342,4 +347,18 @@ pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_offers_aes_128_gcm_first() {
+        let connector = Connector::new(Duration::from_secs(1), &[], false, 1, 1024).unwrap();
+        let offered: Vec<_> =
+            connector.tls.crypto_provider().cipher_suites.iter().map(|suite| suite.suite()).collect();
+        assert_eq!(offered[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        assert!(offered.contains(&rustls::CipherSuite::TLS13_AES_256_GCM_SHA384), "nothing dropped");
+    }
 }
