@@ -2,7 +2,9 @@
 //! and topic, with the same contract as Kafka where it applies.
 //!
 //! - Bounded in records and in bytes: a full group queue makes [`Bus::send`] wait
-//!   (backpressure), and fail with [`BusError::Backpressure`] after the configured wait. A record
+//!   (backpressure), and fail with [`BusError::Backpressure`] after the configured wait. The
+//!   byte bound counts a record until it is acked, not just while it is queued: an unacked
+//!   record is held for redelivery, so it is memory all the same. A record
 //!   over [`EmbeddedConfig::max_record_bytes`] is refused with [`BusError::TooLarge`], as Kafka
 //!   would.
 //! - Groups: members of one group share its queue; each group gets its own copy of each record.
@@ -30,7 +32,8 @@ use crate::trace_context::MessageContext;
 pub struct EmbeddedConfig {
     /// Records each group's queue holds before senders wait.
     pub queue_capacity: usize,
-    /// Payload bytes each group's queue holds before senders wait (counted in KiB).
+    /// Payload bytes each group holds, queued or received and not yet acked, before senders
+    /// wait (counted in KiB).
     pub queue_bytes: usize,
     /// The largest record payload sent; the worker sizes its pages to fit.
     pub max_record_bytes: usize,
@@ -80,11 +83,13 @@ struct GroupQueue {
     room_kib: Arc<Semaphore>,
     capacity_kib: u32,
     /// Records whose ack was dropped; served before new records.
-    redeliveries: Mutex<VecDeque<Record>>,
+    redeliveries: Mutex<VecDeque<Queued>>,
     redelivery_added: Notify,
 }
 
-/// A queued record with the room it takes, given back when a member takes the record.
+/// A record with the room it takes in its group's queue, given back only when it is acked: an
+/// unacked record is held here for redelivery, so it is memory this queue holds as much as a
+/// queued one.
 #[derive(Debug)]
 struct Queued {
     record: Record,
@@ -114,12 +119,12 @@ impl GroupQueue {
         self.sender.send(Queued { record, _room: room }).await.map_err(drop)
     }
 
-    fn pop_redelivery(&self) -> Option<Record> {
+    fn pop_redelivery(&self) -> Option<Queued> {
         self.redeliveries.lock().unwrap_or_else(PoisonError::into_inner).pop_front()
     }
 
-    fn redeliver(&self, record: Record) {
-        self.redeliveries.lock().unwrap_or_else(PoisonError::into_inner).push_back(record);
+    fn redeliver(&self, queued: Queued) {
+        self.redeliveries.lock().unwrap_or_else(PoisonError::into_inner).push_back(queued);
         counter!("pushfan_bus_redelivered_total", "topic" => self.topic.name()).increment(1);
         // `notify_one` stores a permit when nobody waits, so a receiver never misses it.
         self.redelivery_added.notify_one();
@@ -208,8 +213,9 @@ pub struct EmbeddedSubscription {
 }
 
 impl EmbeddedSubscription {
-    fn incoming(&self, record: Record) -> Incoming {
-        let ack = EmbeddedAck { record: Some(record.clone()), queue: Arc::downgrade(&self.queue) };
+    fn incoming(&self, queued: Queued) -> Incoming {
+        let record = queued.record.clone();
+        let ack = EmbeddedAck { held: Some(queued), queue: Arc::downgrade(&self.queue) };
         Incoming { record, position: None, ack: Ack(AckInner::Embedded(ack)) }
     }
 }
@@ -217,14 +223,14 @@ impl EmbeddedSubscription {
 impl Subscription for EmbeddedSubscription {
     async fn recv(&mut self) -> Result<Incoming, BusError> {
         loop {
-            if let Some(record) = self.queue.pop_redelivery() {
-                return Ok(self.incoming(record));
+            if let Some(queued) = self.queue.pop_redelivery() {
+                return Ok(self.incoming(queued));
             }
             // Members of a group take turns on the shared receiver.
             let mut receiver = self.queue.receiver.lock().await;
             tokio::select! {
                 received = receiver.recv() => match received {
-                    Some(queued) => return Ok(self.incoming(queued.record)),
+                    Some(queued) => return Ok(self.incoming(queued)),
                     None => return Err(BusError::ConsumerStopped { topic: self.queue.topic }),
                 },
                 () = self.queue.redelivery_added.notified() => continue,
@@ -233,23 +239,24 @@ impl Subscription for EmbeddedSubscription {
     }
 }
 
-/// The embedded bus's ack: holds the record until acked, and requeues it if dropped unacked.
+/// The embedded bus's ack: holds the record (and its room in the queue) until acked, and
+/// requeues it if dropped unacked.
 #[derive(Debug)]
 pub(crate) struct EmbeddedAck {
-    record: Option<Record>,
+    held: Option<Queued>,
     queue: Weak<GroupQueue>,
 }
 
 impl EmbeddedAck {
     pub(crate) fn ack(mut self) {
-        self.record = None;
+        self.held = None;
     }
 }
 
 impl Drop for EmbeddedAck {
     fn drop(&mut self) {
-        if let (Some(record), Some(queue)) = (self.record.take(), self.queue.upgrade()) {
-            queue.redeliver(record);
+        if let (Some(held), Some(queue)) = (self.held.take(), self.queue.upgrade()) {
+            queue.redeliver(held);
         }
     }
 }

@@ -83,9 +83,14 @@ async fn queued_bytes_are_bounded_and_oversize_records_refused() {
         |e| matches!(e, BusError::TooLarge { bytes, .. } if *bytes > 7000),
         "a record over max_record_bytes",
     );
-    // Taking a record gives its room back: the next send goes through.
+    // A taken record holds its room until it is acked (it is kept for redelivery till then).
     let first = timeout(WAIT, consumer.next()).await.expect("in time").expect("received");
     assert_eq!(first.message, sized(0, 3000));
+    common::assert_error(
+        bus.publish(&sized(5, 3000), &MessageContext::default()).await,
+        |e| matches!(e, BusError::Backpressure { .. }),
+        "no room while the taken record is unacked",
+    );
     first.ack.ack();
     bus.publish(&sized(4, 3000), &MessageContext::default()).await.expect("room again");
     for expected in [1, 4] {

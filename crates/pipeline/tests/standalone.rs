@@ -134,7 +134,9 @@ impl Standalone {
     async fn finished(&self, broadcast: &BroadcastId) -> BroadcastStatus {
         let tenant = TenantId::new(TENANT).unwrap();
         let ledger: &dyn BroadcastLedger = &*self.store;
-        for _ in 0..600 {
+        // Up to two minutes: the throttling test alone waits out several 3 s pauses in a row (about
+        // 28 s); this is a bound on waiting, not a timing check.
+        for _ in 0..2400 {
             if let Some(status) = ledger.status(&tenant, broadcast).await.unwrap() {
                 if status.is_complete() {
                     return status;
