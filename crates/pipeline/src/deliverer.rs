@@ -272,3 +272,63 @@ async fn send_results<B: Bus>(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use pushfan_webpush::{ContentEncoding, EncryptedPush, EndpointPolicy};
+
+    use super::*;
+
+    fn pending(body: Bytes) -> Pending<SubscriptionId> {
+        let endpoint = Endpoint::parse("https://push.example/send/abc", EndpointPolicy::default()).unwrap();
+        let push = EncryptedPush { body, encoding: ContentEncoding::Aes128gcm, aesgcm: None };
+        Pending::from(Delivery { tag: SubscriptionId::from_bytes([1; SubscriptionId::LEN]), endpoint, push })
+    }
+
+    fn waiter(places: &Arc<Semaphore>, parked_bytes: usize) -> Waiter {
+        let slot = Slot::new(Arc::clone(places), Arc::clone(places).try_acquire_owned().unwrap());
+        Waiter { slot, parking: Arc::new(Semaphore::new(parked_bytes)), claim: None }
+    }
+
+    #[tokio::test]
+    async fn parking_copies_the_waiting_bodies_out_of_the_page_and_gives_the_place_back() {
+        let page = Bytes::from(vec![7u8; 4096]);
+        let places = Arc::new(Semaphore::new(1));
+        let mut waiter = waiter(&places, 1 << 20);
+        let mut waiting = vec![pending(page.slice(0..100)), pending(page.slice(100..300))];
+        waiter.wait_until(Instant::now(), &mut waiting).await;
+
+        let page_range = page.as_ptr_range();
+        for pending in &waiting {
+            let body = &pending.delivery().push.body;
+            assert!(!page_range.contains(&body.as_ptr()), "the body still points into the page");
+            assert!(body.iter().all(|&b| b == 7));
+        }
+        assert_eq!(places.available_permits(), 1, "a parked batch gives its place back");
+        let claimed: usize = waiting.iter().map(parked_bytes).sum();
+        assert_eq!(waiter.parking.available_permits(), (1 << 20) - claimed);
+
+        // One delivery finished: the next park gives back what it held.
+        waiting.truncate(1);
+        waiter.wait_until(Instant::now(), &mut waiting).await;
+        assert_eq!(waiter.parking.available_permits(), (1 << 20) - parked_bytes(&waiting[0]));
+        // The batch is done: the rest goes back too.
+        let parking = Arc::clone(&waiter.parking);
+        drop(waiter);
+        assert_eq!(parking.available_permits(), 1 << 20);
+    }
+
+    #[tokio::test]
+    async fn without_room_a_waiting_batch_keeps_its_place_and_its_page() {
+        let page = Bytes::from(vec![7u8; 4096]);
+        let places = Arc::new(Semaphore::new(1));
+        let mut waiter = waiter(&places, 100);
+        let mut waiting = vec![pending(page.slice(0..200))];
+        waiter.wait_until(Instant::now(), &mut waiting).await;
+
+        assert!(page.as_ptr_range().contains(&waiting[0].delivery().push.body.as_ptr()));
+        assert_eq!(places.available_permits(), 0, "the batch still holds its place");
+        assert_eq!(waiter.parking.available_permits(), 100);
+        assert!(waiter.claim.is_none());
+    }
+}
