@@ -62,8 +62,8 @@ pub async fn run<B: Bus>(pipeline: Pipeline<B>, shutdown: CancellationToken) -> 
 }
 
 /// How a batch waits when every delivery it has left waits on a paused push service or a retry
-/// backoff: parked, its place handed to the next batch for good, so a throttling origin holds
-/// back only its own deliveries. Parking first claims the waiting deliveries' bytes from
+/// backoff: parked, its place handed to the next batch until its sending is over, so a
+/// throttling origin holds back only its own deliveries. Parking first claims the waiting deliveries' bytes from
 /// `parked_bytes` and copies their bodies out of the page; without room a waiting batch keeps
 /// its place, and the loop takes no new batches until one frees up, as before.
 struct Waiter {
@@ -95,7 +95,7 @@ impl Waiter {
                 self.claim = Some(Claim::new(permit));
             }
         }
-        // The claim bounds what a parked batch holds from now on, so it goes on without a place:
+        // The claim bounds what a parked batch holds from now on, so it sends without a place:
         // woken together after a pause, parked batches all send at once (the origin's in-flight
         // bound applies) instead of queueing for `concurrent_batches` places one round each.
         self.slot.release();
@@ -209,7 +209,10 @@ async fn deliver_batch<B: Bus>(
     let header = results_header(batch);
 
     let reports = send_all(pipeline, &message, deliveries, waiter).await;
+    // A parked batch sent without a place; its store and bus steps take one again, so batches
+    // woken by the same pause's end do not all write at once.
     let slot = &waiter.slot;
+    slot.reacquire().await;
     let (mut counts, gone, mut rejections) = plan::tally(&reports);
     for refusal in refused {
         counts.rejected += refusal.count;

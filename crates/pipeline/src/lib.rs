@@ -163,8 +163,8 @@ impl From<pushfan_bus::BusError> for HandleError {
 /// A handler's hold on one of its loop's `concurrency` places. A handler that has nothing to do
 /// for a while (a delivery batch whose deliveries all wait on a throttling push service) lets go
 /// of it, so another message can be worked on meanwhile; one whose memory another bound covers
-/// from then on (a parked batch's claim) goes on without it. A transient failure takes one
-/// again before retrying.
+/// from then on (a parked batch's claim) may go on without it for a while. Writes and
+/// transient-failure retries take one again first.
 #[derive(Clone, Debug)]
 pub(crate) struct Slot(Arc<SlotState>);
 
