@@ -125,6 +125,17 @@ impl<T> Pending<T> {
     pub fn ready_at(&self) -> Option<Instant> {
         self.ready_at
     }
+
+    /// The delivery it carries.
+    pub fn delivery(&self) -> &Delivery<T> {
+        &self.delivery
+    }
+
+    /// The delivery it carries, for a caller keeping it a while to copy its body out of a larger
+    /// shared buffer.
+    pub fn delivery_mut(&mut self) -> &mut Delivery<T> {
+        &mut self.delivery
+    }
 }
 
 impl<T> From<Delivery<T>> for Pending<T> {

@@ -391,9 +391,12 @@ async fn the_same_idempotency_key_publishes_once() {
 #[tokio::test]
 async fn a_publish_the_bus_refused_is_retried_under_its_first_id() {
     // Room for one record, and a short wait: the second publish finds the bus full.
-    let h =
-        Harness::start_with(EmbeddedConfig { queue_capacity: 1, send_timeout: Duration::from_millis(100) })
-            .await;
+    let h = Harness::start_with(EmbeddedConfig {
+        queue_capacity: 1,
+        send_timeout: Duration::from_millis(100),
+        ..EmbeddedConfig::default()
+    })
+    .await;
     let filler = publish(&h, ACME_KEY, to_topic("news", b"first")).await.expect("published");
     let keyed = v1::PublishRequest { idempotency_key: "retry-me".into(), ..to_topic("news", b"second") };
     let refused = publish(&h, ACME_KEY, keyed.clone()).await.expect_err("bus full");

@@ -4,17 +4,21 @@
 //! batch's results are sent, so "pruned" in a broadcast's counts means deleted.
 //!
 //! A batch (a store page) holds subscribers of every push service. When all it has left waits
-//! on a throttling one (or on retry backoffs), it parks: it gives its place among
-//! `concurrent_batches` to the next batch until its earliest wait ends, so one origin's
-//! `Retry-After` does not hold back the others. Its ack, and so the at-least-once contract,
-//! waits with it.
+//! on a throttling one (or on retry backoffs), it parks: it copies the bodies of the deliveries
+//! still waiting out of the page, so the page's buffer is freed, and gives its place among
+//! `concurrent_batches` to the next batch, so one origin's `Retry-After` does not hold back the
+//! others. What parks is bounded by the bytes of those
+//! deliveries (`parked_bytes`), not by whole pages. Its ack, and so the at-least-once contract,
+//! waits with it; it retries its own store and bus steps, so a transient failure after sending
+//! neither sends again nor needs the page.
 
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use futures::StreamExt;
-use pushfan_bus::messages::{DeliveryBatch, DeliveryResultBatch, OutcomeCounts, Rejection};
+use pushfan_bus::messages::{DeliveryBatch, DeliveryResultBatch, Rejection};
 use pushfan_bus::{Bus, MessageContext};
 use pushfan_gateway::{Delivery, FinalOutcome, Message, Pending, Progress, Report};
 use pushfan_store::{DeliveryOutcome, DeliveryResult, SubscriptionId, UnixSeconds, VapidKeyId};
@@ -25,14 +29,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::plan::{self, PlanError};
-use crate::{consume, groups, HandleError, Pipeline, PipelineError, Slot};
+use crate::{consume_owned, groups, retrying, HandleError, Pipeline, PipelineError, Slot};
 
 /// Delivers batches until `shutdown`.
 pub async fn run<B: Bus>(pipeline: Pipeline<B>, shutdown: CancellationToken) -> Result<(), PipelineError> {
     let bus = pipeline.bus.clone();
     let concurrency = pipeline.config.concurrent_batches;
-    let parking = Arc::new(Semaphore::new(pipeline.config.parked_batches));
-    consume::<B, DeliveryBatch, _, _>(
+    // A bound past what a semaphore counts is no bound anyone could fill.
+    let parking = Arc::new(Semaphore::new(pipeline.config.parked_bytes.min(Semaphore::MAX_PERMITS)));
+    consume_owned::<B, DeliveryBatch, _, _>(
         &bus,
         groups::DELIVERER,
         concurrency,
@@ -48,7 +53,8 @@ pub async fn run<B: Bus>(pipeline: Pipeline<B>, shutdown: CancellationToken) -> 
                     batch = batch.batch_seq,
                     deliveries = batch.deliveries.len()
                 );
-                deliver_batch(&pipeline, batch, &context, &Waiter { slot, parking }).instrument(span).await
+                let mut waiter = Waiter { slot, parking, claim: None };
+                deliver_batch(&pipeline, batch, &context, &mut waiter).instrument(span).await
             }
         },
     )
@@ -56,48 +62,86 @@ pub async fn run<B: Bus>(pipeline: Pipeline<B>, shutdown: CancellationToken) -> 
 }
 
 /// How a batch waits when every delivery it has left waits on a paused push service or a retry
-/// backoff: parked, its place handed to the next batch, so a throttling origin holds back only
-/// its own deliveries. At most `parked_batches` park at once (each holds its whole batch in
-/// memory); past that a waiting batch keeps its place, and the loop takes no new batches until
-/// one frees up, as before.
+/// backoff: parked, its place handed to the next batch until its sending is over, so a
+/// throttling origin holds back only its own deliveries. Parking first claims the waiting deliveries' bytes from
+/// `parked_bytes` and copies their bodies out of the page; without room a waiting batch keeps
+/// its place, and the loop takes no new batches until one frees up, as before.
 struct Waiter {
     slot: Slot,
     parking: Arc<Semaphore>,
+    /// Held from the first park until the batch is done, shrunk as its deliveries finish.
+    claim: Option<Claim>,
 }
 
 impl Waiter {
-    async fn wait_until(&self, ready_at: Instant) {
-        let Ok(permit) = Arc::clone(&self.parking).try_acquire_owned() else {
-            tokio::time::sleep_until(ready_at).await;
-            return;
-        };
-        let parked = Parked::new(permit);
+    async fn wait_until(&mut self, ready_at: Instant, waiting: &mut [Pending<SubscriptionId>]) {
+        let bytes: usize = waiting.iter().map(parked_bytes).sum();
+        match &mut self.claim {
+            // Every delivery still waiting was copied out when the claim was taken.
+            Some(claim) => claim.shrink_to(bytes),
+            None => {
+                let permit = u32::try_from(bytes)
+                    .ok()
+                    .and_then(|bytes| Arc::clone(&self.parking).try_acquire_many_owned(bytes).ok());
+                let Some(permit) = permit else {
+                    tokio::time::sleep_until(ready_at).await;
+                    return;
+                };
+                // The bodies are slices of the page: copied, the page's buffer can go.
+                for pending in waiting.iter_mut() {
+                    let body = &mut pending.delivery_mut().push.body;
+                    *body = Bytes::copy_from_slice(body);
+                }
+                self.claim = Some(Claim::new(permit));
+            }
+        }
+        // The claim bounds what a parked batch holds from now on, so it sends without a place:
+        // woken together after a pause, parked batches all send at once (the origin's in-flight
+        // bound applies) instead of queueing for `concurrent_batches` places one round each.
         self.slot.release();
         tokio::time::sleep_until(ready_at).await;
-        // Still parked (in memory, not working) until a place is free again.
-        self.slot.reacquire().await;
-        drop(parked);
     }
 }
 
-/// A parked batch's claim on `parked_batches`, counted in `pushfan_deliverer_parked_batches`
-/// for as long as it lives (a batch dropped at shutdown included).
-struct Parked {
-    _permit: OwnedSemaphorePermit,
-    gauge: metrics::Gauge,
+/// What a parked delivery keeps in memory: its body, its endpoint and its place in the list.
+fn parked_bytes(pending: &Pending<SubscriptionId>) -> usize {
+    let delivery = pending.delivery();
+    delivery.push.body.len()
+        + delivery.endpoint.as_str().len()
+        + std::mem::size_of::<Pending<SubscriptionId>>()
 }
 
-impl Parked {
+/// A batch's claim on `parked_bytes`, counted in `pushfan_deliverer_parked_batches` and
+/// `pushfan_deliverer_parked_bytes` for as long as it lives (a batch dropped at shutdown
+/// included).
+struct Claim {
+    permit: OwnedSemaphorePermit,
+    batches: metrics::Gauge,
+    bytes: metrics::Gauge,
+}
+
+impl Claim {
     fn new(permit: OwnedSemaphorePermit) -> Self {
-        let gauge = metrics::gauge!("pushfan_deliverer_parked_batches");
-        gauge.increment(1.0);
-        Self { _permit: permit, gauge }
+        let batches = metrics::gauge!("pushfan_deliverer_parked_batches");
+        let bytes = metrics::gauge!("pushfan_deliverer_parked_bytes");
+        batches.increment(1.0);
+        bytes.increment(permit.num_permits() as f64);
+        Self { permit, batches, bytes }
+    }
+
+    /// Gives back what the deliveries that finished since held.
+    fn shrink_to(&mut self, bytes: usize) {
+        let freed = self.permit.num_permits().saturating_sub(bytes);
+        if let Some(freed) = self.permit.split(freed) {
+            self.bytes.decrement(freed.num_permits() as f64);
+        }
     }
 }
 
-impl Drop for Parked {
+impl Drop for Claim {
     fn drop(&mut self) {
-        self.gauge.decrement(1.0);
+        self.batches.decrement(1.0);
+        self.bytes.decrement(self.permit.num_permits() as f64);
     }
 }
 
@@ -107,7 +151,7 @@ async fn send_all(
     pipeline: &Pipeline<impl Bus>,
     message: &Message,
     mut pending: Vec<Pending<SubscriptionId>>,
-    waiter: &Waiter,
+    waiter: &mut Waiter,
 ) -> Vec<Report<SubscriptionId>> {
     let mut reports = Vec::with_capacity(pending.len());
     loop {
@@ -122,23 +166,24 @@ async fn send_all(
         let Some(ready_at) = waiting.iter().filter_map(Pending::ready_at).min() else {
             return reports;
         };
-        waiter.wait_until(ready_at).await;
+        waiter.wait_until(ready_at, &mut waiting).await;
         pending = waiting;
     }
 }
 
 async fn deliver_batch<B: Bus>(
     pipeline: &Pipeline<B>,
-    batch: Arc<DeliveryBatch>,
+    batch: DeliveryBatch,
     context: &MessageContext,
-    waiter: &Waiter,
-) -> Result<(), HandleError> {
+    waiter: &mut Waiter,
+) -> Result<(), PlanError> {
     let (tenant, _) = plan::identity(&batch.tenant, &batch.broadcast_id)?;
     let key = batch.vapid_key_id.parse::<u32>().ok().map(VapidKeyId);
     let Some(vapid) = key.and_then(|key| pipeline.keyring.get(key)) else {
         let (counts, rejections) =
             plan::refuse_batch(&batch, &format!("unknown VAPID key id {:?}", batch.vapid_key_id));
-        return send_results(pipeline, &batch, counts, Vec::new(), rejections, context).await;
+        let results = DeliveryResultBatch { counts: Some(counts), rejections, ..results_header(batch) };
+        return send_results(pipeline, &results, context, &waiter.slot).await;
     };
     let message = Message {
         options: plan::push_options(batch.options.as_ref())?,
@@ -159,15 +204,25 @@ async fn deliver_batch<B: Bus>(
             Err(error) => plan::add_rejection(&mut refused, 0, &format!("endpoint refused: {error}"), 1),
         }
     }
+    // Only the results' header is needed from here on: the page is held by the deliveries'
+    // bodies alone, and a parked batch copies out those it keeps.
+    let header = results_header(batch);
 
     let reports = send_all(pipeline, &message, deliveries, waiter).await;
+    // A parked batch sent without a place; its store and bus steps take one again, so batches
+    // woken by the same pause's end do not all write at once.
+    let slot = &waiter.slot;
+    slot.reacquire().await;
     let (mut counts, gone, mut rejections) = plan::tally(&reports);
     for refusal in refused {
         counts.rejected += refusal.count;
         plan::add_rejection(&mut rejections, refusal.http_status, &refusal.reason, refusal.count);
     }
     if !gone.is_empty() {
-        counts.pruned = pipeline.store.remove(&tenant, &gone).await? as u64;
+        counts.pruned = retrying(groups::DELIVERER, slot, || async {
+            Ok::<_, HandleError>(pipeline.store.remove(&tenant, &gone).await? as u64)
+        })
+        .await?;
     }
     if pipeline.config.record_outcomes {
         let outcomes: Vec<DeliveryOutcome> = reports
@@ -182,30 +237,101 @@ async fn deliver_batch<B: Bus>(
             })
             .collect();
         let now = UnixSeconds::from_system_time(SystemTime::now());
-        pipeline.store.record_outcomes(&tenant, &outcomes, now).await?;
+        retrying(groups::DELIVERER, slot, || async {
+            Ok::<_, HandleError>(pipeline.store.record_outcomes(&tenant, &outcomes, now).await?)
+        })
+        .await?;
     }
-    let gone = gone.iter().map(ToString::to_string).collect();
-    send_results(pipeline, &batch, counts, gone, rejections, context).await
+    let results = DeliveryResultBatch {
+        counts: Some(counts),
+        gone_subscription_ids: gone.iter().map(ToString::to_string).collect(),
+        rejections,
+        ..header
+    };
+    send_results(pipeline, &results, context, slot).await
+}
+
+/// The results message for `batch` without its outcomes, taking the batch's header fields
+/// without copying them.
+fn results_header(batch: DeliveryBatch) -> DeliveryResultBatch {
+    DeliveryResultBatch {
+        broadcast_id: batch.broadcast_id,
+        tenant: batch.tenant,
+        shard_index: batch.shard_index,
+        batch_seq: batch.batch_seq,
+        page_counts: batch.page_counts,
+        ..DeliveryResultBatch::default()
+    }
 }
 
 async fn send_results<B: Bus>(
     pipeline: &Pipeline<B>,
-    batch: &DeliveryBatch,
-    counts: OutcomeCounts,
-    gone_subscription_ids: Vec<String>,
-    rejections: Vec<Rejection>,
+    results: &DeliveryResultBatch,
     context: &MessageContext,
-) -> Result<(), HandleError> {
-    let results = DeliveryResultBatch {
-        broadcast_id: batch.broadcast_id.clone(),
-        tenant: batch.tenant.clone(),
-        shard_index: batch.shard_index,
-        batch_seq: batch.batch_seq,
-        counts: Some(counts),
-        gone_subscription_ids,
-        rejections,
-        page_counts: batch.page_counts,
-    };
-    pipeline.bus.publish(&results, context).await?;
-    Ok(())
+    slot: &Slot,
+) -> Result<(), PlanError> {
+    retrying(groups::DELIVERER, slot, || async {
+        Ok::<_, HandleError>(pipeline.bus.publish(results, context).await?)
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use pushfan_webpush::{ContentEncoding, EncryptedPush, EndpointPolicy};
+
+    use super::*;
+
+    fn pending(body: Bytes) -> Pending<SubscriptionId> {
+        let endpoint = Endpoint::parse("https://push.example/send/abc", EndpointPolicy::default()).unwrap();
+        let push = EncryptedPush { body, encoding: ContentEncoding::Aes128gcm, aesgcm: None };
+        Pending::from(Delivery { tag: SubscriptionId::from_bytes([1; SubscriptionId::LEN]), endpoint, push })
+    }
+
+    fn waiter(places: &Arc<Semaphore>, parked_bytes: usize) -> Waiter {
+        let slot = Slot::new(Arc::clone(places), Arc::clone(places).try_acquire_owned().unwrap());
+        Waiter { slot, parking: Arc::new(Semaphore::new(parked_bytes)), claim: None }
+    }
+
+    #[tokio::test]
+    async fn parking_copies_the_waiting_bodies_out_of_the_page_and_gives_the_place_back() {
+        let page = Bytes::from(vec![7u8; 4096]);
+        let places = Arc::new(Semaphore::new(1));
+        let mut waiter = waiter(&places, 1 << 20);
+        let mut waiting = vec![pending(page.slice(0..100)), pending(page.slice(100..300))];
+        waiter.wait_until(Instant::now(), &mut waiting).await;
+
+        let page_range = page.as_ptr_range();
+        for pending in &waiting {
+            let body = &pending.delivery().push.body;
+            assert!(!page_range.contains(&body.as_ptr()), "the body still points into the page");
+            assert!(body.iter().all(|&b| b == 7));
+        }
+        assert_eq!(places.available_permits(), 1, "a parked batch gives its place back");
+        let claimed: usize = waiting.iter().map(parked_bytes).sum();
+        assert_eq!(waiter.parking.available_permits(), (1 << 20) - claimed);
+
+        // One delivery finished: the next park gives back what it held.
+        waiting.truncate(1);
+        waiter.wait_until(Instant::now(), &mut waiting).await;
+        assert_eq!(waiter.parking.available_permits(), (1 << 20) - parked_bytes(&waiting[0]));
+        // The batch is done: the rest goes back too.
+        let parking = Arc::clone(&waiter.parking);
+        drop(waiter);
+        assert_eq!(parking.available_permits(), 1 << 20);
+    }
+
+    #[tokio::test]
+    async fn without_room_a_waiting_batch_keeps_its_place_and_its_page() {
+        let page = Bytes::from(vec![7u8; 4096]);
+        let places = Arc::new(Semaphore::new(1));
+        let mut waiter = waiter(&places, 100);
+        let mut waiting = vec![pending(page.slice(0..200))];
+        waiter.wait_until(Instant::now(), &mut waiting).await;
+
+        assert!(page.as_ptr_range().contains(&waiting[0].delivery().push.body.as_ptr()));
+        assert_eq!(places.available_permits(), 0, "the batch still holds its place");
+        assert_eq!(waiter.parking.available_permits(), 100);
+        assert!(waiter.claim.is_none());
+    }
 }

@@ -56,10 +56,12 @@ pub struct PipelineConfig {
     pub concurrent_shard_jobs: usize,
     /// Delivery batches one deliverer works on at once.
     pub concurrent_batches: usize,
-    /// Delivery batches one deliverer may hold besides those, each waiting for a paused push
-    /// service or a retry backoff without taking one of the `concurrent_batches` places; 0
-    /// keeps waiting batches in their place. Bounds memory at the bus's largest record each.
-    pub parked_batches: usize,
+    /// Bytes of deliveries one deliverer may hold parked besides those: deliveries waiting for
+    /// a paused push service or a retry backoff, their bodies copied out of their batch so that
+    /// (on Kafka) the batch's page is freed, without taking one of the `concurrent_batches`
+    /// places. Past it a waiting batch keeps its place (backpressure); 0 keeps every waiting
+    /// batch in its place.
+    pub parked_bytes: usize,
     /// Which crypto backend encrypts.
     pub backend: Backend,
     /// Padding to hide payload lengths.
@@ -76,7 +78,9 @@ impl Default for PipelineConfig {
             page_size: 512,
             concurrent_shard_jobs: 4,
             concurrent_batches: 8,
-            parked_batches: 128,
+            // What 128 whole Kafka-sized batches (768 KiB) held before deliveries parked on
+            // their own.
+            parked_bytes: 96 << 20,
             backend: Backend::default(),
             padding: Padding::None,
             endpoint_policy: EndpointPolicy::default(),
@@ -160,7 +164,9 @@ impl From<pushfan_bus::BusError> for HandleError {
 
 /// A handler's hold on one of its loop's `concurrency` places. A handler that has nothing to do
 /// for a while (a delivery batch whose deliveries all wait on a throttling push service) lets go
-/// of it, so another message can be worked on meanwhile, and takes one again before it goes on.
+/// of it, so another message can be worked on meanwhile; one whose memory another bound covers
+/// from then on (a parked batch's claim) may go on without it for a while. Writes and
+/// transient-failure retries take one again first.
 #[derive(Clone, Debug)]
 pub(crate) struct Slot(Arc<SlotState>);
 
@@ -211,6 +217,32 @@ where
     H: Fn(Arc<M>, pushfan_bus::MessageContext, Slot) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), HandleError>> + Send + 'static,
 {
+    consume_owned::<B, M, _, _>(bus, group, concurrency, shutdown, move |message, context, slot| {
+        let handler = handler.clone();
+        async move {
+            let message = Arc::new(message);
+            retrying(group, &slot, || handler(Arc::clone(&message), context.clone(), slot.clone())).await
+        }
+    })
+    .await
+}
+
+/// Like [`consume`], but the handler owns the message and retries its own transient failures,
+/// so nothing else keeps the message alive while the handler runs: a handler can let go of a
+/// large message (a delivery batch's page) before it is done with its work.
+pub(crate) async fn consume_owned<B, M, H, Fut>(
+    bus: &B,
+    group: &'static str,
+    concurrency: usize,
+    shutdown: &CancellationToken,
+    handler: H,
+) -> Result<(), PipelineError>
+where
+    B: Bus,
+    M: pushfan_bus::BusMessage,
+    H: Fn(M, pushfan_bus::MessageContext, Slot) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), plan::PlanError>> + Send + 'static,
+{
     let mut consumer = bus.consume::<M>(group)?;
     let places = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     // Dropping the set aborts in-flight handlers; their messages stay unacked and come back.
@@ -223,31 +255,45 @@ where
             let handler = handler.clone();
             let slot = Slot::new(Arc::clone(&places), place);
             running.spawn(async move {
-                let message = Arc::new(received.message);
-                let mut backoff = std::time::Duration::from_millis(100);
-                loop {
-                    match handler(Arc::clone(&message), received.context.clone(), slot.clone()).await {
-                        Ok(()) => break,
-                        Err(HandleError::Invalid(error)) => {
-                            tracing::error!(group, %error, "skipping an invalid message");
-                            metrics::counter!("pushfan_pipeline_invalid_messages_total", "group" => group).increment(1);
-                            break;
-                        }
-                        Err(HandleError::Transient(error)) => {
-                            tracing::warn!(group, %error, retry_in_ms = backoff.as_millis() as u64, "handling failed; retrying");
-                            metrics::counter!("pushfan_pipeline_retries_total", "group" => group).increment(1);
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
-                            slot.reacquire().await;
-                        }
-                    }
+                let pushfan_bus::Received { message, context, ack, .. } = received;
+                if let Err(error) = handler(message, context, slot.clone()).await {
+                    tracing::error!(group, %error, "skipping an invalid message");
+                    metrics::counter!("pushfan_pipeline_invalid_messages_total", "group" => group)
+                        .increment(1);
                 }
-                received.ack.ack();
+                ack.ack();
                 drop(slot);
             });
         }
     })
     .await
+}
+
+/// Runs `step` until it succeeds or finds its message invalid. A transient failure (store,
+/// bus) is retried with capped backoff, holding the handler's place once the wait is over.
+pub(crate) async fn retrying<T, F, Fut>(
+    group: &'static str,
+    slot: &Slot,
+    mut step: F,
+) -> Result<T, plan::PlanError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, HandleError>>,
+{
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        match step().await {
+            Ok(done) => return Ok(done),
+            Err(HandleError::Invalid(error)) => return Err(error),
+            Err(HandleError::Transient(error)) => {
+                tracing::warn!(group, %error, retry_in_ms = backoff.as_millis() as u64, "handling failed; retrying");
+                metrics::counter!("pushfan_pipeline_retries_total", "group" => group).increment(1);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+                slot.reacquire().await;
+            }
+        }
+    }
 }
 
 /// One of the loops; a process runs any set of them.

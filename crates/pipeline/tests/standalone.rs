@@ -323,6 +323,72 @@ async fn a_throttling_origin_holds_back_only_its_own_deliveries() {
     );
 }
 
+/// Issue 4, with 429s on every page: the throttled origin's subscribers are spread over far more
+/// pages than two whole batches, and parking may hold only what two whole batches could
+/// (`parked_bytes`). Parked batches keep just their waiting deliveries, so every page fits and
+/// the healthy origin still gets all its pushes before the throttled one is tried again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_origin_on_every_page_holds_back_only_its_own_deliveries() {
+    const COUNT: u64 = 800;
+    const THROTTLED: usize = 0;
+    const HEALTHY: usize = 1;
+    let (log, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let observer = |origin| Some(Arc::new(Answers { origin, log: log.clone() }) as Arc<dyn Observer>);
+    let throttle = FaultPlan {
+        throttle: Burst { selection: Selection::fraction(1.0, 0), first: 1 },
+        retry_after_secs: 3,
+        ..FaultPlan::default()
+    };
+    let sims = vec![
+        sim(COUNT, throttle, observer(THROTTLED)).await,
+        sim(COUNT, FaultPlan::default(), observer(HEALTHY)).await,
+    ];
+    // Pages of 4: about 200 batches, most with deliveries to both origins.
+    let config = PipelineConfig {
+        page_size: 4,
+        concurrent_batches: 2,
+        // Two whole Kafka-sized batches' worth (768 KiB each).
+        parked_bytes: 2 * 768 * 1024,
+        ..PipelineConfig::default()
+    };
+    let app = start_on(sims, COUNT, config, &[1]).await;
+    let broadcast = app.publish("throttled-everywhere", target::Kind::Everyone(bus::Everyone {})).await;
+    let status = app.finished(&broadcast).await;
+
+    let c = status.counts;
+    assert_eq!((c.targeted, c.encrypted, c.handed_on, c.accepted), (COUNT, COUNT, COUNT, COUNT));
+    assert_eq!((c.gone, c.rejected, c.failed, c.expired), (0, 0, 0, 0));
+    assert_eq!(c.shards_done, 8);
+    assert!(c.batches_sent >= COUNT / 4, "{} batches", c.batches_sent);
+    assert_eq!(c.batches_done, c.batches_sent);
+    let (throttled, healthy) = (app.sims[THROTTLED].stats(), app.sims[HEALTHY].stats());
+    assert_eq!((throttled.status(429), throttled.status(201)), (COUNT / 2, COUNT / 2));
+    assert_eq!((healthy.status(429), healthy.status(201)), (0, COUNT / 2));
+    for stats in [&throttled, &healthy] {
+        assert_eq!(stats.received.exactly_one, COUNT / 2);
+        assert_eq!(stats.received.more_than_one, 0);
+        assert_eq!((stats.vapid_failures, stats.decrypt_failures, stats.payload_mismatches), (0, 0, 0));
+    }
+
+    app.shutdown.cancel();
+    let mut order = Vec::new();
+    while let Ok(answer) = answers.try_recv() {
+        order.push(answer);
+    }
+    assert_eq!(order.len() as u64, COUNT + COUNT / 2, "every answer, the 429s included");
+    let first_retry = order
+        .iter()
+        .position(|&(origin, _, status)| origin == THROTTLED && status == Status::Created)
+        .expect("the throttled origin took its retries");
+    let healthy_late = order[first_retry..].iter().filter(|&&(origin, _, _)| origin == HEALTHY).count();
+    assert_eq!(
+        healthy_late,
+        0,
+        "{healthy_late} of {} healthy-origin pushes were answered only after the throttled origin's first retry",
+        COUNT / 2
+    );
+}
+
 /// `PublishRequest.vapid_key_id` names the key every push is signed with, whatever key the
 /// subscriptions were registered under. Here the keyring holds key 2 only: signed with each
 /// subscription's own key (1), nothing can go out; signed with key 2, everything does.

@@ -117,7 +117,7 @@ async fn start_with<B: Bus>(
                 page_size: config.worker.page_size,
                 concurrent_shard_jobs: config.worker.concurrent_shard_jobs,
                 concurrent_batches: config.gateway.concurrent_batches,
-                parked_batches: config.gateway.parked_batches,
+                parked_bytes: config.gateway.parked_bytes,
                 backend: config.worker.crypto_backend.parse().map_err(anyhow::Error::msg)?,
                 padding: if config.worker.pad_payloads { Padding::standard_buckets() } else { Padding::None },
                 endpoint_policy: policy,

@@ -213,9 +213,12 @@ pub(crate) struct GatewaySettings {
     pub(crate) connections_per_origin: usize,
     /// Delivery batches worked on at once per process.
     pub(crate) concurrent_batches: usize,
-    /// Delivery batches per process that may wait for a throttling push service or a retry
-    /// backoff besides those, each holding up to 768 KiB; 0 keeps waiting batches working.
-    pub(crate) parked_batches: usize,
+    /// Bytes of deliveries per process that may wait for a throttling push service or a retry
+    /// backoff besides those batches, copied out of their pages; 0 keeps waiting batches working.
+    pub(crate) parked_bytes: usize,
+    /// The old bound, in whole batches: read only to refuse it with a pointer to `parked_bytes`.
+    #[serde(skip_serializing)]
+    pub(crate) parked_batches: Option<serde::de::IgnoredAny>,
     /// One request's deadline, milliseconds.
     pub(crate) request_timeout_ms: u64,
     /// Attempts per push, the first included.
@@ -234,7 +237,8 @@ impl Default for GatewaySettings {
             max_in_flight_per_origin: 256,
             connections_per_origin: 2,
             concurrent_batches: 8,
-            parked_batches: 128,
+            parked_bytes: pushfan_pipeline::PipelineConfig::default().parked_bytes,
+            parked_batches: None,
             request_timeout_ms: 15_000,
             max_attempts: 6,
             h2c: false,
@@ -285,6 +289,13 @@ impl Config {
             if !(64 * 1024..=256 << 20).contains(&bytes) {
                 bail!("bus.max_record_bytes must be 65536 (64 KiB) to 268435456 (256 MiB), got {bytes}");
             }
+        }
+        if self.gateway.parked_batches.is_some() {
+            bail!(
+                "gateway.parked_batches is gone: parked deliveries are bounded by their bytes now, \
+                 set gateway.parked_bytes instead (0 turns parking off; 128 batches were {} bytes)",
+                96 << 20
+            );
         }
         if self.worker.page_size == 0 || self.worker.page_size > 10_000 {
             bail!("worker.page_size must be 1 to 10000, got {}", self.worker.page_size);
@@ -351,6 +362,8 @@ mod tests {
         assert_eq!((config.store.backend, config.store.shards), (StoreBackend::Redis, 16));
         let err = load("[store]\nshardz = 16\n").unwrap_err();
         assert!(format!("{err:#}").contains("shardz"), "{err:#}");
+        let err = load("[gateway]\nparked_batches = 64\n").unwrap_err();
+        assert!(format!("{err:#}").contains("set gateway.parked_bytes instead"), "{err:#}");
         let err = load("[worker]\ncrypto_backend = \"openssl\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("worker.crypto_backend"), "{err:#}");
         let config = load("[bus.librdkafka]\n\"security.protocol\" = \"ssl\"\ndebug = \"cgrp\"\n").unwrap();
