@@ -10,6 +10,7 @@
 //! Consuming: see [`consumer`].
 
 mod consumer;
+mod producer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::Producer as _;
 use rdkafka::util::Timeout;
 use tracing::{debug_span, warn, Instrument};
 
@@ -116,7 +117,7 @@ impl KafkaConfig {
 #[derive(Clone)]
 pub struct KafkaBus {
     config: KafkaConfig,
-    producer: FutureProducer,
+    producer: Arc<producer::Producer>,
     /// Partitions per topic name, learnt once, for [`Record::spread`].
     partitions: Arc<Mutex<HashMap<String, u32>>>,
 }
@@ -140,8 +141,8 @@ impl KafkaBus {
             .set("linger.ms", millis(config.linger))
             .set("message.max.bytes", config.message_max_bytes());
         config.apply_extra(&mut client);
-        let producer = client.create().map_err(|e| BusError::Config(Box::new(e)))?;
-        Ok(Self { config, producer, partitions: Arc::default() })
+        let producer = producer::Producer::new(&client).map_err(|e| BusError::Config(Box::new(e)))?;
+        Ok(Self { config, producer: Arc::new(producer), partitions: Arc::default() })
     }
 
     /// The bus's settings.
@@ -198,27 +199,25 @@ impl Bus for KafkaBus {
     async fn send(&self, topic: Topic, record: Record) -> Result<(), BusError> {
         let name = self.config.topic_names.name(topic);
         let span = debug_span!("bus.send", topic = topic.name(), bytes = record.payload.len());
-        let mut future_record = FutureRecord::to(&name)
-            .key(record.key.as_ref())
-            .payload(record.payload.as_ref())
-            .headers(kafka_headers(&record.headers));
-        if let Some(spread) = record.spread {
+        let partition = match record.spread {
             // Unknown partitions (no metadata yet): the key's hash decides, as without spread.
-            if let Some(partitions) = self.partitions(&name).await {
-                future_record = future_record.partition((spread % partitions) as i32);
-            }
-        }
-        let result = self
-            .producer
-            .send(future_record, Timeout::After(self.config.queue_full_wait))
-            .instrument(span)
-            .await;
+            Some(spread) => self.partitions(&name).await.map(|partitions| (spread % partitions) as i32),
+            None => None,
+        };
+        let outgoing = producer::Outgoing {
+            topic: &name,
+            key: record.key.as_ref(),
+            payload: record.payload.as_ref(),
+            headers: kafka_headers(&record.headers),
+            partition,
+        };
+        let result = self.producer.send(outgoing, self.config.queue_full_wait).instrument(span).await;
         match result {
-            Ok(_) => {
+            Ok(()) => {
                 counter!("pushfan_bus_produced_total", "topic" => topic.name()).increment(1);
                 Ok(())
             }
-            Err((error, _unsent)) => {
+            Err(error) => {
                 let error = self.produce_error(topic, record.payload.len(), error);
                 counter!("pushfan_bus_produce_errors_total", "topic" => topic.name(), "error" => error.label())
                     .increment(1);
@@ -238,7 +237,7 @@ impl KafkaBus {
         if let Some(&known) = self.partitions.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Some(known);
         }
-        let producer = self.producer.clone();
+        let producer = Arc::clone(self.producer.base());
         let topic = name.to_owned();
         let timeout = self.config.queue_full_wait.max(Duration::from_secs(1));
         let fetched = tokio::task::spawn_blocking(move || {
