@@ -5,7 +5,8 @@
 //! `send` resolves when the brokers acknowledge the record. librdkafka's queue is bounded
 //! (`queue.buffering.max.*`); a send that finds it full waits up to `queue_full_wait`, then
 //! fails with [`BusError::Backpressure`]. A record the brokers do not acknowledge within
-//! `message_timeout` (e.g. Kafka is down) fails with [`BusError::Unavailable`].
+//! `message_timeout` (e.g. Kafka is down) fails with [`BusError::Unavailable`]. Delivery
+//! reports come from a polling thread of ours ([`producer`]), not rdkafka's `FutureProducer`.
 //!
 //! Consuming: see [`consumer`].
 
