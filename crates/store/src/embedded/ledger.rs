@@ -248,6 +248,35 @@ impl Inner {
     }
 }
 
+impl EmbeddedStore {
+    /// A progress step, with the checkpoint past its page when there is one, in one batch.
+    async fn progress(
+        &self,
+        op: &'static str,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        step: &str,
+        delta: &ProgressDelta,
+        checkpoint: Option<(ShardId, ShardCheckpoint)>,
+    ) -> Result<bool, StoreError> {
+        observe(BACKEND, op, ledger::check_label("progress step", step))?;
+        let checkpoint = match checkpoint {
+            Some((shard, checkpoint)) => {
+                Some((observe(BACKEND, op, self.inner.shards.check(shard))?, checkpoint))
+            }
+            None => None,
+        };
+        let (tenant, broadcast, step, delta) =
+            (tenant.clone(), broadcast.clone(), step.to_owned(), delta.clone());
+        let applied = self
+            .blocking(op, move |inner| inner.add_progress(&tenant, &broadcast, &step, &delta, checkpoint))
+            .await?;
+        tracing::Span::current().record("applied", applied);
+        telemetry::progress_step(BACKEND, applied);
+        Ok(applied)
+    }
+}
+
 #[async_trait]
 impl BroadcastLedger for EmbeddedStore {
     #[instrument(name = "store.claim_idempotency_key", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast))]
@@ -298,17 +327,7 @@ impl BroadcastLedger for EmbeddedStore {
         step: &str,
         delta: &ProgressDelta,
     ) -> Result<bool, StoreError> {
-        observe(BACKEND, "add_progress", ledger::check_label("progress step", step))?;
-        let (tenant, broadcast, step, delta) =
-            (tenant.clone(), broadcast.clone(), step.to_owned(), delta.clone());
-        let applied = self
-            .blocking("add_progress", move |inner| {
-                inner.add_progress(&tenant, &broadcast, &step, &delta, None)
-            })
-            .await?;
-        tracing::Span::current().record("applied", applied);
-        telemetry::progress_step(BACKEND, applied);
-        Ok(applied)
+        self.progress("add_progress", tenant, broadcast, step, delta, None).await
     }
 
     #[instrument(name = "store.add_progress_with_checkpoint", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, step = %step, %shard, next_page = checkpoint.next_page, applied))]
@@ -321,19 +340,15 @@ impl BroadcastLedger for EmbeddedStore {
         shard: ShardId,
         checkpoint: ShardCheckpoint,
     ) -> Result<bool, StoreError> {
-        const OP: &str = "add_progress_with_checkpoint";
-        observe(BACKEND, OP, ledger::check_label("progress step", step))?;
-        let shard = observe(BACKEND, OP, self.inner.shards.check(shard))?;
-        let (tenant, broadcast, step, delta) =
-            (tenant.clone(), broadcast.clone(), step.to_owned(), delta.clone());
-        let applied = self
-            .blocking(OP, move |inner| {
-                inner.add_progress(&tenant, &broadcast, &step, &delta, Some((shard, checkpoint)))
-            })
-            .await?;
-        tracing::Span::current().record("applied", applied);
-        telemetry::progress_step(BACKEND, applied);
-        Ok(applied)
+        self.progress(
+            "add_progress_with_checkpoint",
+            tenant,
+            broadcast,
+            step,
+            delta,
+            Some((shard, checkpoint)),
+        )
+        .await
     }
 
     #[instrument(name = "store.save_checkpoint", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, %shard, next_page = checkpoint.next_page))]

@@ -165,6 +165,42 @@ fn unexpected(what: &str, value: &str) -> StoreError {
     StoreError::UnexpectedReply(format!("ledger {what} {value:?}"))
 }
 
+impl RedisStore {
+    /// A progress step, with the checkpoint past its page when there is one: the progress
+    /// script, or the page script that also stores the checkpoint.
+    async fn progress(
+        &self,
+        op: &'static str,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        step: &str,
+        delta: &ProgressDelta,
+        checkpoint: Option<(ShardId, ShardCheckpoint)>,
+    ) -> Result<bool, StoreError> {
+        let result = async {
+            ledger::check_label("progress step", step)?;
+            let keys = BroadcastKeys::new(tenant, broadcast);
+            let mut invocation = match checkpoint {
+                Some((shard, checkpoint)) => {
+                    let shard = self.shards.check(shard)?;
+                    let mut invocation = invoke_on_broadcast(&self.ledger_scripts.page, &keys);
+                    invocation.arg(shard.0).arg(checkpoint.to_bytes());
+                    invocation
+                }
+                None => invoke_on_broadcast(&self.ledger_scripts.progress, &keys),
+            };
+            progress_args(&mut invocation, step, delta);
+            let applied: bool = invocation.invoke_async(&mut self.connection()).await?;
+            Ok(applied)
+        }
+        .await;
+        let applied = observe(BACKEND, op, result)?;
+        tracing::Span::current().record("applied", applied);
+        telemetry::progress_step(BACKEND, applied);
+        Ok(applied)
+    }
+}
+
 /// The progress script's step, counter and rejection arguments (the page script's too).
 fn progress_args(invocation: &mut redis::ScriptInvocation<'_>, step: &str, delta: &ProgressDelta) {
     let counters: Vec<(&str, u64)> = delta.counts.nonzero().collect();
@@ -289,19 +325,7 @@ impl BroadcastLedger for RedisStore {
         step: &str,
         delta: &ProgressDelta,
     ) -> Result<bool, StoreError> {
-        let result = async {
-            ledger::check_label("progress step", step)?;
-            let keys = BroadcastKeys::new(tenant, broadcast);
-            let mut invocation = invoke_on_broadcast(&self.ledger_scripts.progress, &keys);
-            progress_args(&mut invocation, step, delta);
-            let applied: bool = invocation.invoke_async(&mut self.connection()).await?;
-            Ok(applied)
-        }
-        .await;
-        let applied = observe(BACKEND, "add_progress", result)?;
-        tracing::Span::current().record("applied", applied);
-        telemetry::progress_step(BACKEND, applied);
-        Ok(applied)
+        self.progress("add_progress", tenant, broadcast, step, delta, None).await
     }
 
     #[instrument(name = "store.add_progress_with_checkpoint", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, step = %step, %shard, next_page = checkpoint.next_page, applied))]
@@ -314,21 +338,15 @@ impl BroadcastLedger for RedisStore {
         shard: ShardId,
         checkpoint: ShardCheckpoint,
     ) -> Result<bool, StoreError> {
-        let result = async {
-            ledger::check_label("progress step", step)?;
-            let shard = self.shards.check(shard)?;
-            let keys = BroadcastKeys::new(tenant, broadcast);
-            let mut invocation = invoke_on_broadcast(&self.ledger_scripts.page, &keys);
-            invocation.arg(shard.0).arg(checkpoint.to_bytes());
-            progress_args(&mut invocation, step, delta);
-            let applied: bool = invocation.invoke_async(&mut self.connection()).await?;
-            Ok(applied)
-        }
-        .await;
-        let applied = observe(BACKEND, "add_progress_with_checkpoint", result)?;
-        tracing::Span::current().record("applied", applied);
-        telemetry::progress_step(BACKEND, applied);
-        Ok(applied)
+        self.progress(
+            "add_progress_with_checkpoint",
+            tenant,
+            broadcast,
+            step,
+            delta,
+            Some((shard, checkpoint)),
+        )
+        .await
     }
 
     #[instrument(name = "store.save_checkpoint", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, %shard, next_page = checkpoint.next_page))]
