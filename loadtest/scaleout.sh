@@ -6,6 +6,8 @@
 #
 #   loadtest/scaleout.sh [SCENARIO]        # default: broadcast-1m.toml at SUBSCRIBERS=100000
 #   WORKERS=1 SUBSCRIBERS=1000000 loadtest/scaleout.sh    # one cluster run at 1M
+#   EXTRA_CONFIG=more.toml loadtest/scaleout.sh             # appended to every role's config
+#   PUSHFAN=/path/to/other/pushfan loadtest/scaleout.sh    # another build of the roles, for A/B runs
 #
 # Needs: release builds of pushfan and pushfan-loadtest in $CARGO_TARGET_DIR/release, redis-server,
 # tansu in ~/.cache/pushfan/tools/bin (scripts/setup.d/30-kafka.sh installs it), openssl, curl.
@@ -15,6 +17,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${PUSHFAN_CACHE_DIR:-$HOME/.cache/pushfan}
 bin=${CARGO_TARGET_DIR:-$cache/target}/release
 tansu=$cache/tools/bin/tansu
+pushfan=${PUSHFAN:-$bin/pushfan}
 scenario=${1:-$root/loadtest/scenarios/broadcast-1m.toml}
 subscribers=${SUBSCRIBERS:-100000}
 out=${OUT:-$root/loadtest/results}
@@ -24,7 +27,7 @@ tansu_port=${TANSU_PORT:-19193}
 api_port=${API_PORT:-15052}
 metrics_base=${METRICS_PORT_BASE:-19510}
 
-for tool in "$bin/pushfan" "$bin/pushfan-loadtest" "$tansu"; do
+for tool in "$pushfan" "$bin/pushfan-loadtest" "$tansu"; do
   [ -x "$tool" ] || { echo "scaleout.sh: $tool is missing (see the header)" >&2; exit 1; }
 done
 
@@ -64,7 +67,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -keyout "$run/ca-key.pem" -out "$run/ca.pem" -subj "/CN=pushfan load-test fleet CA" \
   -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
 api_key=$(openssl rand -hex 24)
-vapid=$("$bin/pushfan" vapid generate | sed -n 's/^private_key = "\(.*\)"$/\1/p')
+vapid=$("$pushfan" vapid generate | sed -n 's/^private_key = "\(.*\)"$/\1/p')
 
 roles=()
 for workers in ${WORKERS:-1 2}; do
@@ -94,9 +97,10 @@ private_key = "$vapid"
 [gateway]
 extra_root_certs = ["$run/ca.pem"]
 EOF
+  if [ -n "${EXTRA_CONFIG:-}" ]; then cat "$EXTRA_CONFIG" >>"$config"; fi
   start_role() { # role metrics-port
     PUSHFAN__METRICS__LISTEN="127.0.0.1:$2" RUST_LOG=warn NO_COLOR=1 \
-      "$bin/pushfan" --config "$config" "$1" 2>>"$run/$1-$workers.log" &
+      "$pushfan" --config "$config" "$1" 2>>"$run/$1-$workers.log" &
     roles+=($!)
   }
   roles=()

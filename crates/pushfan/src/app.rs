@@ -66,6 +66,9 @@ pub(crate) async fn start(config: &Config, roles: Roles) -> anyhow::Result<Runni
             if let Some(bytes) = config.bus.max_record_bytes {
                 kafka.max_record_bytes = bytes;
             }
+            if let Some(wait) = config.bus.fetch_wait_ms {
+                kafka.fetch_wait = Duration::from_millis(wait);
+            }
             let bus = KafkaBus::new(kafka).context("connecting to Kafka")?;
             if config.bus.create_topics_with_partitions > 0 {
                 bus.create_topics(config.bus.create_topics_with_partitions, config.bus.replication)

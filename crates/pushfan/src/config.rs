@@ -101,6 +101,10 @@ pub(crate) struct BusConfig {
     /// `message.max.bytes`); delivery batches fill it, so raising it (with the brokers' limit)
     /// means fewer, larger pages. The embedded bus takes 4 MiB.
     pub(crate) max_record_bytes: Option<usize>,
+    /// How long a Kafka broker may hold a consumer's fetch that finds nothing (default 100 ms).
+    /// Kafka answers as soon as records arrive, so this paces only idle polling; a broker that
+    /// holds every fetch for the whole wait (tansu) is as fast as this is short.
+    pub(crate) fetch_wait_ms: Option<u64>,
     /// Further librdkafka properties, applied last: security (`security.protocol`,
     /// `sasl.*`), tuning, or `debug = "cgrp,consumer"` to trace consumer-group rebalances.
     pub(crate) librdkafka: BTreeMap<String, String>,
@@ -115,6 +119,7 @@ impl Default for BusConfig {
             create_topics_with_partitions: 0,
             replication: 1,
             max_record_bytes: None,
+            fetch_wait_ms: None,
             librdkafka: BTreeMap::new(),
         }
     }
@@ -290,6 +295,11 @@ impl Config {
                 bail!("bus.max_record_bytes must be 65536 (64 KiB) to 268435456 (256 MiB), got {bytes}");
             }
         }
+        if let Some(wait) = self.bus.fetch_wait_ms {
+            if !(1..=30_000).contains(&wait) {
+                bail!("bus.fetch_wait_ms must be 1 to 30000 (milliseconds), got {wait}");
+            }
+        }
         if self.gateway.parked_batches.is_some() {
             bail!(
                 "gateway.parked_batches is gone: parked deliveries are bounded by their bytes now, \
@@ -373,6 +383,9 @@ mod tests {
         assert_eq!(load("[bus]\nmax_record_bytes = 4194304\n").unwrap().bus.max_record_bytes, Some(4 << 20));
         let err = load("[bus]\nmax_record_bytes = 1000\n").unwrap_err();
         assert!(format!("{err:#}").contains("bus.max_record_bytes must be 65536"), "{err:#}");
+        assert_eq!(load("[bus]\nfetch_wait_ms = 50\n").unwrap().bus.fetch_wait_ms, Some(50));
+        let err = load("[bus]\nfetch_wait_ms = 0\n").unwrap_err();
+        assert!(format!("{err:#}").contains("bus.fetch_wait_ms must be 1 to 30000"), "{err:#}");
         let err = load("[[vapid.keys]]\nid = 1\n").unwrap_err();
         assert!(format!("{err:#}").contains("exactly one of private_key"), "{err:#}");
         let err = load("[[tenants]]\nname = \"a b\"\napi_keys = []\n").unwrap_err();

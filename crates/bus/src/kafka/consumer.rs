@@ -91,6 +91,7 @@ impl KafkaSubscription {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", millis(config.session_timeout))
             .set("heartbeat.interval.ms", millis(config.heartbeat_interval))
+            .set("fetch.wait.max.ms", millis(config.fetch_wait))
             // A member that joins before its topic exists (roles start together) is assigned
             // nothing, and librdkafka looks again only at the next metadata refresh: 5 minutes
             // by default, during which that topic's work would wait.

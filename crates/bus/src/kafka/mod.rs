@@ -55,6 +55,11 @@ pub struct KafkaConfig {
     pub linger: Duration,
     /// Records a consumer fetches ahead of its handlers.
     pub consumer_buffer: usize,
+    /// `fetch.wait.max.ms`: how long a broker may hold a fetch that finds nothing new. Kafka
+    /// answers as soon as a record arrives, so this only paces an idle consumer's polling;
+    /// brokers that hold every fetch for the whole wait (tansu) deliver at most one fetch per
+    /// partition per wait, which at librdkafka's 500 ms capped a broadcast at ~4k pushes/s.
+    pub fetch_wait: Duration,
     /// How often a consumer commits acked positions.
     pub commit_interval: Duration,
     /// `session.timeout.ms`: how long a silent consumer keeps its partitions.
@@ -87,6 +92,7 @@ impl KafkaConfig {
             max_queued_kbytes: 256 * 1024,
             linger: Duration::from_millis(5),
             consumer_buffer: 64,
+            fetch_wait: Duration::from_millis(100),
             commit_interval: Duration::from_millis(200),
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_millis(500),
