@@ -6,6 +6,7 @@
 //! - `pushfan vapid generate`: a new VAPID key.
 //! - `pushfan subscribe | publish`: clients of the gRPC API.
 
+mod allocator;
 mod app;
 mod client;
 mod config;
@@ -120,6 +121,7 @@ struct PublishArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    allocator::keep_large_buffers();
     let cli = Cli::parse();
     // Servers log what they do; client commands and the demo keep the terminal for their output.
     let default_filter = match cli.command {
