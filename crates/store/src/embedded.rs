@@ -23,10 +23,15 @@
 //! `record_outcomes`) atomic without transactions; scans do not take it.
 //!
 //! The broadcast ledger ([`crate::ledger::BroadcastLedger`]) lives in the `ledger` partition and
-//! the `ledger` submodule, with a mutex of its own; broadcasts there do not expire.
+//! the `ledger` submodule, with a mutex of its own. A thread of the store's sweeps expired
+//! broadcasts and idempotency claims out of it a minute after open and hourly after that, until
+//! the store is dropped.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use fjall::{Batch, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
@@ -45,6 +50,10 @@ mod ledger;
 
 const BACKEND: &str = "embedded";
 const SHARDS_KEY: &str = "shards";
+/// When the ledger is first swept for expired entries (not at once: opening stays quick, and
+/// tests see no sweep of their own), and how often after that.
+const FIRST_EXPIRY_SWEEP: Duration = Duration::from_secs(60);
+const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
 /// The embedded, on-disk [`SubscriptionStore`]. Cheap to clone; clones share the database.
 #[derive(Clone)]
@@ -64,6 +73,8 @@ struct Inner {
     write_lock: Mutex<()>,
     /// The same for the ledger's writes, which never touch the subscription keys.
     ledger_lock: Mutex<()>,
+    /// Dropped with the store, which ends the expiry thread's wait.
+    _stop_expiry: mpsc::Sender<()>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -95,6 +106,7 @@ impl EmbeddedStore {
                 batch.commit()?;
             }
         }
+        let (stop_expiry, stopped) = mpsc::channel();
         let inner = Inner {
             keyspace,
             subscriptions,
@@ -104,8 +116,15 @@ impl EmbeddedStore {
             shards,
             write_lock: Mutex::new(()),
             ledger_lock: Mutex::new(()),
+            _stop_expiry: stop_expiry,
         };
-        Ok(Self { inner: Arc::new(inner) })
+        let inner = Arc::new(inner);
+        let sweeper = Arc::downgrade(&inner);
+        thread::Builder::new()
+            .name("ledger-expiry".into())
+            .spawn(move || sweep_expired(&sweeper, &stopped))
+            .map_err(StoreError::EmbeddedThread)?;
+        Ok(Self { inner })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -119,6 +138,34 @@ impl EmbeddedStore {
             Err(join_error) => Err(StoreError::EmbeddedTask(join_error)),
         };
         observe(BACKEND, op, result)
+    }
+}
+
+/// Sweeps the ledger after [`FIRST_EXPIRY_SWEEP`] and then every [`EXPIRY_SWEEP_INTERVAL`],
+/// until the store is gone.
+fn sweep_expired(store: &Weak<Inner>, stopped: &mpsc::Receiver<()>) {
+    let mut wait = FIRST_EXPIRY_SWEEP;
+    loop {
+        if stopped.recv_timeout(wait) != Err(RecvTimeoutError::Timeout) {
+            return;
+        }
+        wait = EXPIRY_SWEEP_INTERVAL;
+        let Some(inner) = store.upgrade() else { return };
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis());
+        match inner.expire(u64::try_from(now_ms).unwrap_or(u64::MAX)) {
+            Ok(expired) => {
+                count("pushfan_store_expired_broadcasts_total", BACKEND, expired.broadcasts as usize);
+                count("pushfan_store_expired_claims_total", BACKEND, expired.claims as usize);
+                if expired != ledger::Expired::default() {
+                    tracing::info!(
+                        broadcasts = expired.broadcasts,
+                        claims = expired.claims,
+                        "ledger entries expired"
+                    );
+                }
+            }
+            Err(error) => tracing::warn!(%error, "ledger expiry sweep failed; the next one tries again"),
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub enum StoreError {
     Embedded(#[from] fjall::Error),
     #[error("embedded store worker thread failed: {0}")]
     EmbeddedTask(#[from] tokio::task::JoinError),
+    #[error("could not start the embedded store's ledger expiry thread: {0}")]
+    EmbeddedThread(#[source] std::io::Error),
 }
 
 impl From<redis::RedisError> for StoreError {
@@ -65,7 +67,7 @@ impl StoreError {
             Self::Contended { .. } => "contended",
             Self::RedisUnavailable(_) => "unavailable",
             Self::Redis(_) | Self::UnexpectedReply(_) => "redis",
-            Self::Embedded(_) | Self::EmbeddedTask(_) => "embedded",
+            Self::Embedded(_) | Self::EmbeddedTask(_) | Self::EmbeddedThread(_) => "embedded",
         }
     }
 }

@@ -49,6 +49,7 @@
 //! | `ledger`  | `T 'b' B 'r' status reason`      | one rejection count, big-endian `u64` (status a `u16`) |
 //! | `ledger`  | `T 'b' B 's' step`               | empty: the step is applied |
 //! | `ledger`  | `T 'b' B 'k' S`                  | the shard's checkpoint, as in Redis |
+//! | `ledger`  | `T 'b' B 'w'`                    | when the broadcast was last written (Unix ms, big-endian `u64`) |
 //!
 //! Keys sort by tenant, then shard, then id, so one shard (or one topic of one shard) is one
 //! contiguous range, scanned in id order: the cursor is the last id returned. Likewise a
@@ -146,6 +147,8 @@ pub(crate) enum LedgerEntry {
     Rejection = b'r' as isize,
     Step = b's' as isize,
     Checkpoint = b'k' as isize,
+    /// When the broadcast's entries were last written (ms since the epoch), for expiry.
+    LastWrite = b'w' as isize,
 }
 
 /// The embedded `ledger` key of an idempotency key's claim.
@@ -167,6 +170,41 @@ pub(crate) fn embedded_broadcast(tenant: &TenantId, broadcast: &BroadcastId, ent
     key.extend_from_slice(broadcast);
     key.push(entry as u8);
     key
+}
+
+/// What an embedded `ledger` key belongs to (for the expiry sweep).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LedgerKey<'a> {
+    /// An entry of one broadcast; `prefix` (`T 'b' B`) starts every entry of it.
+    Broadcast { prefix: &'a [u8] },
+    /// An idempotency claim.
+    Claim,
+}
+
+/// Reads what [`embedded_broadcast`] or [`embedded_idempotency`] built; `None` for other keys.
+pub(crate) fn parse_embedded_ledger_key(key: &[u8]) -> Option<LedgerKey<'_>> {
+    let (&tenant_len, rest) = key.split_first()?;
+    let (&kind, rest) = rest.get(usize::from(tenant_len)..)?.split_first()?;
+    match kind {
+        b'i' => Some(LedgerKey::Claim),
+        b'b' => {
+            let (&id_len, rest) = rest.split_first()?;
+            // The prefix must leave room for the entry kind after it.
+            let end = key.len() - rest.len() + usize::from(id_len);
+            (rest.len() > usize::from(id_len)).then(|| LedgerKey::Broadcast { prefix: &key[..end] })
+        }
+        _ => None,
+    }
+}
+
+/// One entry of the broadcast whose `T 'b' B` is `prefix` (see [`parse_embedded_ledger_key`]).
+pub(crate) fn broadcast_entry(prefix: &[u8], entry: LedgerEntry) -> Vec<u8> {
+    [prefix, &[entry as u8]].concat()
+}
+
+/// A key past every entry of the broadcast whose `T 'b' B` is `prefix`: entry kinds are letters.
+pub(crate) fn past_broadcast(prefix: &[u8]) -> Vec<u8> {
+    [prefix, &[0xff]].concat()
 }
 
 /// The embedded `members` key prefix of one topic in one shard; append an id for a member.
@@ -272,6 +310,26 @@ mod tests {
             b"\x04acmeb\x03b-1c".to_vec()
         );
         assert_eq!(embedded_idempotency(&tenant, "k"), b"\x04acmeik".to_vec());
+    }
+
+    #[test]
+    fn embedded_ledger_keys_parse_back() {
+        let tenant = TenantId::new("acme").unwrap();
+        let broadcast = BroadcastId::new("b-1").unwrap();
+        let step =
+            [embedded_broadcast(&tenant, &broadcast, LedgerEntry::Step), b"page/1/2".to_vec()].concat();
+        let prefix = b"\x04acmeb\x03b-1";
+        assert_eq!(parse_embedded_ledger_key(&step), Some(LedgerKey::Broadcast { prefix }));
+        assert_eq!(
+            broadcast_entry(prefix, LedgerEntry::LastWrite),
+            embedded_broadcast(&tenant, &broadcast, LedgerEntry::LastWrite)
+        );
+        assert!(past_broadcast(prefix) > step);
+        assert_eq!(parse_embedded_ledger_key(&embedded_idempotency(&tenant, "k")), Some(LedgerKey::Claim));
+        // Cut short, or of another kind: not a ledger key this sweep may touch.
+        for key in [&b""[..], b"\x04acm", b"\x04acmeb\x03b-1", b"\x04acmeb\x09b-1m", b"\x04acmex"] {
+            assert_eq!(parse_embedded_ledger_key(key), None, "{key:?}");
+        }
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::error::StoreError;
 use crate::model::{ScanCursor, TenantId, UnixSeconds};
 use crate::shard::ShardId;
 
-/// How long a broadcast's ledger entries live after its last update (Redis; the embedded store
-/// keeps them, see [`crate::EmbeddedStore`]).
+/// How long a broadcast's ledger entries live after its last update (Redis expires them; the
+/// embedded store sweeps them hourly, see [`crate::EmbeddedStore`]).
 pub const BROADCAST_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// A broadcast's id: 1 to 64 bytes of `[A-Za-z0-9_-]`, assigned by ingest.

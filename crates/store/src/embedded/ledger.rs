@@ -8,11 +8,14 @@
 //! large import never stalls progress bookkeeping; the two never touch the same keys. Ledger
 //! writes come per page, not per subscription, so serialising them costs little.
 //!
-//! Expiry: idempotency claims honour their TTL (an expired claim is overwritten by the next one).
-//! Broadcasts are not expired: their entries (a few hundred kilobytes for a 1M-subscriber
-//! broadcast, mostly step markers) stay until the directory is deleted, and `created_at` stays
-//! with them, so an operator can tell old broadcasts apart.
+//! Expiry, as on Redis: a broadcast's entries (a few hundred kilobytes for a 1M-subscriber
+//! broadcast, mostly step markers) go [`BROADCAST_RETENTION`] after its last write, which every
+//! write batch records (`LastWrite`); an idempotency claim goes once past its TTL (until then an
+//! expired claim is also overwritten by the next one). Redis expires keys itself; here a sweep
+//! ([`Inner::expire`], hourly on a thread of the store's, the first a minute after open) deletes them, so an expired broadcast
+//! may be readable for up to an hour longer.
 
+use std::ops::Bound;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -21,10 +24,10 @@ use tracing::instrument;
 
 use super::{EmbeddedStore, Inner, BACKEND};
 use crate::error::StoreError;
-use crate::keys::{self, LedgerEntry};
+use crate::keys::{self, LedgerEntry, LedgerKey};
 use crate::ledger::{
     self, BroadcastCounts, BroadcastId, BroadcastLedger, BroadcastStatus, ProgressDelta, RejectionReason,
-    ShardCheckpoint,
+    ShardCheckpoint, BROADCAST_RETENTION,
 };
 use crate::model::{TenantId, UnixSeconds};
 use crate::shard::ShardId;
@@ -34,6 +37,13 @@ use crate::telemetry::{self, observe};
 fn now_millis() -> u64 {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What one expiry sweep deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Expired {
+    pub(super) broadcasts: u64,
+    pub(super) claims: u64,
 }
 
 /// A stored big-endian `u64` counter.
@@ -103,6 +113,7 @@ impl Inner {
         }
         let mut batch = self.write_batch();
         batch.insert(&self.ledger, key, [&shards_total.to_be_bytes()[..], &at.0.to_be_bytes()].concat());
+        self.stage_last_write(&mut batch, tenant, broadcast);
         batch.commit()?;
         Ok(())
     }
@@ -147,6 +158,7 @@ impl Inner {
             batch.insert(&self.ledger, step_key, []);
         }
         if applied || staged {
+            self.stage_last_write(&mut batch, tenant, broadcast);
             batch.commit()?;
         }
         Ok(applied)
@@ -163,6 +175,7 @@ impl Inner {
         let mut batch = self.write_batch();
         let staged = self.stage_checkpoint(&mut batch, tenant, broadcast, shard, checkpoint)?;
         if staged {
+            self.stage_last_write(&mut batch, tenant, broadcast);
             batch.commit()?;
         }
         Ok(staged)
@@ -186,6 +199,79 @@ impl Inner {
         }
         batch.insert(&self.ledger, key, checkpoint.to_bytes());
         Ok(true)
+    }
+
+    /// Records in `batch` that the broadcast is written now, which restarts its retention.
+    fn stage_last_write(&self, batch: &mut Batch, tenant: &TenantId, broadcast: &BroadcastId) {
+        let key = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::LastWrite);
+        batch.insert(&self.ledger, key, now_millis().to_be_bytes());
+    }
+
+    /// Deletes every broadcast last written [`BROADCAST_RETENTION`] or more before `now_ms`, and
+    /// every idempotency claim expired by then. Steps from one broadcast's first key past all of
+    /// its entries, so a sweep reads a few keys per broadcast, not its thousands of steps. Each
+    /// deletion looks again under the ledger lock: a broadcast written meanwhile stays.
+    pub(super) fn expire(&self, now_ms: u64) -> Result<Expired, StoreError> {
+        let retention = u64::try_from(BROADCAST_RETENTION.as_millis()).unwrap_or(u64::MAX);
+        let expired_broadcast = |prefix: &[u8]| -> Result<bool, StoreError> {
+            Ok(self.last_write(prefix)?.saturating_add(retention) <= now_ms)
+        };
+        let expired_claim = |value: &[u8]| -> Result<bool, StoreError> {
+            let expiry =
+                value.first_chunk::<8>().ok_or(StoreError::CorruptLedger { what: "idempotency claim" })?;
+            Ok(u64::from_be_bytes(*expiry) <= now_ms)
+        };
+        let mut expired = Expired::default();
+        let mut from = Bound::Unbounded;
+        while let Some(entry) = self.ledger.range::<Vec<u8>, _>((from, Bound::Unbounded)).next() {
+            let (key, value) = entry?;
+            match keys::parse_embedded_ledger_key(&key) {
+                Some(LedgerKey::Broadcast { prefix }) => {
+                    if expired_broadcast(prefix)? {
+                        let _writer = self.ledger_lock();
+                        if expired_broadcast(prefix)? {
+                            let mut batch = self.write_batch();
+                            for stored in self.ledger.prefix(prefix) {
+                                batch.remove(&self.ledger, stored?.0);
+                            }
+                            batch.commit()?;
+                            expired.broadcasts += 1;
+                        }
+                    }
+                    from = Bound::Included(keys::past_broadcast(prefix));
+                }
+                Some(LedgerKey::Claim) => {
+                    if expired_claim(&value)? {
+                        let _writer = self.ledger_lock();
+                        if let Some(stored) = self.ledger.get(&key)? {
+                            if expired_claim(&stored)? {
+                                let mut batch = self.write_batch();
+                                batch.remove(&self.ledger, key.clone());
+                                batch.commit()?;
+                                expired.claims += 1;
+                            }
+                        }
+                    }
+                    from = Bound::Excluded(key.to_vec());
+                }
+                None => from = Bound::Excluded(key.to_vec()),
+            }
+        }
+        Ok(expired)
+    }
+
+    /// When the broadcast whose entries start with `prefix` was last written: its `LastWrite`
+    /// entry, else (entries from before there was one) its creation, else long ago.
+    fn last_write(&self, prefix: &[u8]) -> Result<u64, StoreError> {
+        if let Some(at) = self.ledger.get(keys::broadcast_entry(prefix, LedgerEntry::LastWrite))? {
+            return read_u64(&at, "last write");
+        }
+        let Some(meta) = self.ledger.get(keys::broadcast_entry(prefix, LedgerEntry::Meta))? else {
+            return Ok(0);
+        };
+        let created_at = meta.get(8..).and_then(|bytes| <[u8; 4]>::try_from(bytes).ok());
+        let created_at = created_at.ok_or(StoreError::CorruptLedger { what: "broadcast meta" })?;
+        Ok(u64::from(u32::from_be_bytes(created_at)) * 1000)
     }
 
     fn checkpoint_key(&self, tenant: &TenantId, broadcast: &BroadcastId, shard: ShardId) -> Vec<u8> {
@@ -392,5 +478,70 @@ impl BroadcastLedger for EmbeddedStore {
     ) -> Result<Option<BroadcastStatus>, StoreError> {
         let (tenant, broadcast) = (tenant.clone(), broadcast.clone());
         self.blocking("status", move |inner| inner.status(&tenant, &broadcast)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::ShardCount;
+    use crate::EmbeddedStore;
+
+    fn entries_of(store: &EmbeddedStore, tenant: &TenantId, broadcast: &BroadcastId) -> usize {
+        let prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Meta);
+        store.inner.ledger.prefix(&prefix[..prefix.len() - 1]).count()
+    }
+
+    #[tokio::test]
+    async fn expiry_deletes_what_outlived_its_retention_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), ShardCount::new(2).unwrap()).unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let delta = ProgressDelta {
+            counts: BroadcastCounts { targeted: 3, accepted: 2, ..Default::default() },
+            ..Default::default()
+        };
+        let [old, fresh, legacy] = ["old", "fresh", "legacy"].map(|id| BroadcastId::new(id).unwrap());
+        let now = now_millis();
+        for broadcast in [&old, &fresh, &legacy] {
+            let created = UnixSeconds(u32::try_from(now / 1000).unwrap());
+            store.create_broadcast(&tenant, broadcast, 2, created).await.unwrap();
+            store.add_progress(&tenant, broadcast, "page/0/0", &delta).await.unwrap();
+            let checkpoint = ShardCheckpoint { cursor: None, next_page: 1 };
+            store.save_checkpoint(&tenant, broadcast, ShardId(1), checkpoint).await.unwrap();
+        }
+        store.claim_idempotency_key(&tenant, "brief", &old, Duration::from_secs(60)).await.unwrap();
+        store.claim_idempotency_key(&tenant, "lasting", &fresh, BROADCAST_RETENTION * 2).await.unwrap();
+        let last_write =
+            |broadcast: &BroadcastId| keys::embedded_broadcast(&tenant, broadcast, LedgerEntry::LastWrite);
+        // `old` was last written longer ago than the retention; `legacy` has no last write (an
+        // older version's entries), so its creation, just now, counts.
+        let long_ago = now - u64::try_from(BROADCAST_RETENTION.as_millis()).unwrap() - 1;
+        store.inner.ledger.insert(last_write(&old), long_ago.to_be_bytes()).unwrap();
+        store.inner.ledger.remove(last_write(&legacy)).unwrap();
+        let before = entries_of(&store, &tenant, &fresh);
+        assert!(before >= 5, "meta, counters, step, checkpoint, last write: {before}");
+
+        assert_eq!(store.inner.expire(now).unwrap(), Expired { broadcasts: 1, claims: 0 });
+        assert_eq!(entries_of(&store, &tenant, &old), 0);
+        assert!(store.status(&tenant, &old).await.unwrap().is_none());
+        assert_eq!(entries_of(&store, &tenant, &fresh), before);
+        assert_eq!(store.status(&tenant, &fresh).await.unwrap().unwrap().counts.accepted, 2);
+        assert_eq!(entries_of(&store, &tenant, &legacy), before - 1);
+
+        // An hour on, the brief claim has lapsed; the lasting one and both broadcasts stay.
+        assert_eq!(store.inner.expire(now + 3_600_000).unwrap(), Expired { broadcasts: 0, claims: 1 });
+        let other = BroadcastId::new("other").unwrap();
+        let held = store.claim_idempotency_key(&tenant, "lasting", &other, Duration::from_secs(60)).await;
+        assert_eq!(held.unwrap(), Some(fresh.clone()));
+        assert_eq!(
+            store.claim_idempotency_key(&tenant, "brief", &other, Duration::from_secs(60)).await.unwrap(),
+            None
+        );
+
+        // Past the retention everything goes, the lasting claim included.
+        let later = now + 3 * u64::try_from(BROADCAST_RETENTION.as_millis()).unwrap();
+        assert_eq!(store.inner.expire(later).unwrap(), Expired { broadcasts: 2, claims: 2 });
+        assert_eq!(store.inner.ledger.iter().count(), 0);
     }
 }
