@@ -2,6 +2,7 @@
 //! store, the real gateway, and the simulated push service over HTTP/2 with TLS verifying every
 //! VAPID token and decrypting every message.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,8 +16,8 @@ use pushfan_pushsim::{
 };
 use pushfan_store::ledger::{BroadcastId, BroadcastLedger, BroadcastStatus};
 use pushfan_store::{
-    Audience, ContentEncodings, EmbeddedStore, ScanCursor, ShardCount, Subscription, SubscriptionId,
-    SubscriptionStore, TenantId, Topic, UnixSeconds, VapidKeyId,
+    Audience, ContentEncodings, DeliveryOutcome, EmbeddedStore, ScanCursor, ScanPage, ShardCount, ShardId,
+    StoreError, Subscription, SubscriptionId, SubscriptionStore, TenantId, Topic, UnixSeconds, VapidKeyId,
 };
 use pushfan_webpush::vapid::{Subject, TokenCache, VapidKey, VapidSigner};
 use pushfan_webpush::PushSubscription;
@@ -30,6 +31,8 @@ struct Standalone {
     /// The push services; subscriber `i` lives on `sims[i % sims.len()]`.
     sims: Vec<PushSimHandle>,
     store: Arc<EmbeddedStore>,
+    /// The failures still to come of the store's writes.
+    store_faults: Arc<StoreFaults>,
     bus: EmbeddedBus,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
@@ -44,13 +47,113 @@ async fn sim(count: u64, faults: FaultPlan, observer: Option<Arc<dyn Observer>>)
 }
 
 async fn start(count: u64, faults: FaultPlan) -> Standalone {
+    start_failing(count, faults, Arc::default()).await
+}
+
+/// [`start`], on a store whose writes fail as `store_faults` says.
+async fn start_failing(count: u64, faults: FaultPlan, store_faults: Arc<StoreFaults>) -> Standalone {
     let sims = vec![sim(count, faults, None).await];
-    start_on(sims, count, PipelineConfig { page_size: 64, ..PipelineConfig::default() }, &[1]).await
+    let config = PipelineConfig { page_size: 64, ..PipelineConfig::default() };
+    start_with(sims, count, config, &[1], store_faults).await
 }
 
 /// Runs every role on subscribers `0..count` spread over `sims`, every subscription registered
 /// under VAPID key 1, with a keyring holding `keys`.
 async fn start_on(sims: Vec<PushSimHandle>, count: u64, config: PipelineConfig, keys: &[u32]) -> Standalone {
+    start_with(sims, count, config, keys, Arc::default()).await
+}
+
+/// How many of the pipeline's store writes fail before they succeed.
+#[derive(Debug, Default)]
+struct StoreFaults {
+    removes: AtomicU32,
+    outcomes: AtomicU32,
+}
+
+impl StoreFaults {
+    /// Whether the next call of the kind `left` counts fails (and one fewer will).
+    fn fails(left: &AtomicU32) -> Result<(), StoreError> {
+        match left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+            Ok(_) => Err(StoreError::UnexpectedReply("an injected fault".into())),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// The embedded store, with [`StoreFaults`] in front of the deliverer's writes: what a Redis
+/// failover looks like to the pipeline.
+#[derive(Debug)]
+struct FailingStore {
+    store: Arc<EmbeddedStore>,
+    faults: Arc<StoreFaults>,
+}
+
+#[async_trait::async_trait]
+impl SubscriptionStore for FailingStore {
+    fn shard_count(&self) -> ShardCount {
+        self.store.shard_count()
+    }
+
+    async fn import(&self, subscriptions: &[Subscription]) -> Result<usize, StoreError> {
+        self.store.import(subscriptions).await
+    }
+
+    async fn get(&self, tenant: &TenantId, id: SubscriptionId) -> Result<Option<Subscription>, StoreError> {
+        self.store.get(tenant, id).await
+    }
+
+    async fn remove(&self, tenant: &TenantId, ids: &[SubscriptionId]) -> Result<usize, StoreError> {
+        StoreFaults::fails(&self.faults.removes)?;
+        self.store.remove(tenant, ids).await
+    }
+
+    async fn tag(
+        &self,
+        tenant: &TenantId,
+        ids: &[SubscriptionId],
+        topic: &Topic,
+    ) -> Result<usize, StoreError> {
+        self.store.tag(tenant, ids, topic).await
+    }
+
+    async fn untag(
+        &self,
+        tenant: &TenantId,
+        ids: &[SubscriptionId],
+        topic: &Topic,
+    ) -> Result<usize, StoreError> {
+        self.store.untag(tenant, ids, topic).await
+    }
+
+    async fn record_outcomes(
+        &self,
+        tenant: &TenantId,
+        outcomes: &[DeliveryOutcome],
+        at: UnixSeconds,
+    ) -> Result<usize, StoreError> {
+        StoreFaults::fails(&self.faults.outcomes)?;
+        self.store.record_outcomes(tenant, outcomes, at).await
+    }
+
+    async fn scan_shard(
+        &self,
+        tenant: &TenantId,
+        audience: &Audience,
+        shard: ShardId,
+        cursor: ScanCursor,
+        page_size: usize,
+    ) -> Result<ScanPage, StoreError> {
+        self.store.scan_shard(tenant, audience, shard, cursor, page_size).await
+    }
+}
+
+async fn start_with(
+    sims: Vec<PushSimHandle>,
+    count: u64,
+    config: PipelineConfig,
+    keys: &[u32],
+    store_faults: Arc<StoreFaults>,
+) -> Standalone {
     let bases: Vec<&str> = sims.iter().map(PushSimHandle::base_url).collect();
     let population = Population::new(SEED, count).with_origins(&bases).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -95,7 +198,7 @@ async fn start_on(sims: Vec<PushSimHandle>, count: u64, config: PipelineConfig, 
     let bus = EmbeddedBus::new(EmbeddedConfig::default());
     let pipeline = Pipeline {
         bus: bus.clone(),
-        store: Arc::clone(&store) as Arc<dyn SubscriptionStore>,
+        store: Arc::new(FailingStore { store: Arc::clone(&store), faults: Arc::clone(&store_faults) }),
         ledger: Arc::clone(&store) as Arc<dyn BroadcastLedger>,
         keyring: Arc::new(keyring),
         gateway,
@@ -103,7 +206,7 @@ async fn start_on(sims: Vec<PushSimHandle>, count: u64, config: PipelineConfig, 
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(run_roles(pipeline, &Role::ALL, shutdown.clone()));
-    Standalone { sims, store, bus, shutdown, _dir: dir }
+    Standalone { sims, store, store_faults, bus, shutdown, _dir: dir }
 }
 
 impl Standalone {
@@ -240,6 +343,26 @@ async fn a_broadcast_reaches_everyone_exactly_once_and_the_gone_are_pruned() {
     assert_eq!(received[1], 3, "everyone, list, list-2");
     assert_eq!(received.iter().map(|&n| u64::from(n)).sum::<u64>(), 997 + 499 + 3 + 1, "nothing sent twice");
     assert_eq!(app.finished(&broadcast).await.counts, c, "the counts stay as they were");
+    app.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_store_writes_after_delivery_are_retried_without_sending_again() {
+    let gone = [3u64, 17, 500];
+    let faults = FaultPlan { gone: Selection::indices(gone), ..FaultPlan::default() };
+    let store_faults = StoreFaults { removes: AtomicU32::new(2), outcomes: AtomicU32::new(5) };
+    let app = start_failing(1000, faults, Arc::new(store_faults)).await;
+    let broadcast = app.publish("everyone-1", target::Kind::Everyone(bus::Everyone {})).await;
+    let c = app.finished(&broadcast).await.counts;
+    assert_eq!((c.targeted, c.accepted, c.gone, c.pruned), (1000, 997, 3, 3));
+    assert_eq!((c.rejected, c.failed, c.batches_done), (0, 0, c.batches_sent));
+    let stats = app.sims[0].stats();
+    assert_eq!(stats.status(201), 997, "no push went out twice");
+    assert_eq!(stats.received.exactly_one, 997);
+    assert_eq!(stats.status(410), 3);
+    assert_eq!(app.stored().await, 997, "the gone were deleted once the store came back");
+    let left = (&app.store_faults.removes, &app.store_faults.outcomes);
+    assert_eq!((left.0.load(Ordering::SeqCst), left.1.load(Ordering::SeqCst)), (0, 0), "every fault was met");
     app.shutdown.cancel();
 }
 
