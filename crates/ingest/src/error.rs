@@ -103,7 +103,8 @@ fn store_code(error: &StoreError) -> Code {
         | StoreError::CorruptRecord { .. }
         | StoreError::CorruptLedger { .. }
         | StoreError::Redis(_)
-        | StoreError::UnexpectedReply(_) => Code::Internal,
+        | StoreError::UnexpectedReply(_)
+        | StoreError::EmbeddedThread(_) => Code::Internal,
     }
 }
 
