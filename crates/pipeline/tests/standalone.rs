@@ -71,7 +71,7 @@ struct StoreFaults {
 }
 
 impl StoreFaults {
-    /// Whether the next call of the kind `left` counts fails (and one fewer will).
+    /// Fails this call while `left` counts failures still to come, counting one down.
     fn fails(left: &AtomicU32) -> Result<(), StoreError> {
         match left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
             Ok(_) => Err(StoreError::UnexpectedReply("an injected fault".into())),

@@ -4,7 +4,7 @@
 //! librdkafka copies it. With glibc's defaults, buffers that size come from a fresh `mmap` or
 //! from an arena top that was trimmed back to the kernel after the last one, so every 4 KiB of
 //! them faults in again: a third of a cluster worker's async-thread CPU, 2 µs per push
-//! (BENCHMARKS.md, "Cluster mode"). Fixed thresholds keep them in the arenas for reuse.
+//! (BENCHMARKS.md, issue 4's fifth pass). Fixed thresholds keep them in the arenas for reuse.
 
 /// Applies the thresholds. Call before any other thread starts.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -31,7 +31,7 @@ use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use fjall::{Batch, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
@@ -151,8 +151,7 @@ fn sweep_expired(store: &Weak<Inner>, stopped: &mpsc::Receiver<()>) {
         }
         wait = EXPIRY_SWEEP_INTERVAL;
         let Some(inner) = store.upgrade() else { return };
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis());
-        match inner.expire(u64::try_from(now_ms).unwrap_or(u64::MAX)) {
+        match inner.expire(ledger::now_millis()) {
             Ok(expired) => {
                 count("pushfan_store_expired_broadcasts_total", BACKEND, expired.broadcasts as usize);
                 count("pushfan_store_expired_claims_total", BACKEND, expired.claims as usize);

@@ -34,7 +34,7 @@ use crate::shard::ShardId;
 use crate::telemetry::{self, observe};
 
 /// Milliseconds since the Unix epoch (0 for a clock set before 1970).
-fn now_millis() -> u64 {
+pub(super) fn now_millis() -> u64 {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }
