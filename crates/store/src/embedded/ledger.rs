@@ -46,6 +46,14 @@ pub(super) struct Expired {
     pub(super) claims: u64,
 }
 
+/// A broadcast's meta entry: `shards_total` and `created_at`.
+fn read_meta(meta: &[u8]) -> Result<(u64, UnixSeconds), StoreError> {
+    let corrupt = || StoreError::CorruptLedger { what: "broadcast meta" };
+    let (shards_total, created_at) = meta.split_first_chunk::<8>().ok_or_else(corrupt)?;
+    let created_at = <[u8; 4]>::try_from(created_at).map_err(|_| corrupt())?;
+    Ok((u64::from_be_bytes(*shards_total), UnixSeconds(u32::from_be_bytes(created_at))))
+}
+
 /// A stored big-endian `u64` counter.
 fn read_u64(bytes: &[u8], what: &'static str) -> Result<u64, StoreError> {
     <[u8; 8]>::try_from(bytes).map(u64::from_be_bytes).map_err(|_| StoreError::CorruptLedger { what })
@@ -113,9 +121,7 @@ impl Inner {
         }
         let mut batch = self.write_batch();
         batch.insert(&self.ledger, key, [&shards_total.to_be_bytes()[..], &at.0.to_be_bytes()].concat());
-        self.stage_last_write(&mut batch, tenant, broadcast);
-        batch.commit()?;
-        Ok(())
+        self.commit_for(batch, tenant, broadcast)
     }
 
     fn add_progress(
@@ -158,8 +164,7 @@ impl Inner {
             batch.insert(&self.ledger, step_key, []);
         }
         if applied || staged {
-            self.stage_last_write(&mut batch, tenant, broadcast);
-            batch.commit()?;
+            self.commit_for(batch, tenant, broadcast)?;
         }
         Ok(applied)
     }
@@ -175,8 +180,7 @@ impl Inner {
         let mut batch = self.write_batch();
         let staged = self.stage_checkpoint(&mut batch, tenant, broadcast, shard, checkpoint)?;
         if staged {
-            self.stage_last_write(&mut batch, tenant, broadcast);
-            batch.commit()?;
+            self.commit_for(batch, tenant, broadcast)?;
         }
         Ok(staged)
     }
@@ -201,10 +205,17 @@ impl Inner {
         Ok(true)
     }
 
-    /// Records in `batch` that the broadcast is written now, which restarts its retention.
-    fn stage_last_write(&self, batch: &mut Batch, tenant: &TenantId, broadcast: &BroadcastId) {
+    /// Commits a batch of writes to one broadcast, recording with them that it was written now,
+    /// which restarts its retention. Every write to a broadcast's entries commits through here.
+    fn commit_for(
+        &self,
+        mut batch: Batch,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+    ) -> Result<(), StoreError> {
         let key = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::LastWrite);
         batch.insert(&self.ledger, key, now_millis().to_be_bytes());
+        Ok(batch.commit()?)
     }
 
     /// Deletes every broadcast last written [`BROADCAST_RETENTION`] or more before `now_ms`, and
@@ -269,9 +280,8 @@ impl Inner {
         let Some(meta) = self.ledger.get(keys::broadcast_entry(prefix, LedgerEntry::Meta))? else {
             return Ok(0);
         };
-        let created_at = meta.get(8..).and_then(|bytes| <[u8; 4]>::try_from(bytes).ok());
-        let created_at = created_at.ok_or(StoreError::CorruptLedger { what: "broadcast meta" })?;
-        Ok(u64::from(u32::from_be_bytes(created_at)) * 1000)
+        let (_, created_at) = read_meta(&meta)?;
+        Ok(u64::from(created_at.0) * 1000)
     }
 
     fn checkpoint_key(&self, tenant: &TenantId, broadcast: &BroadcastId, shard: ShardId) -> Vec<u8> {
@@ -300,9 +310,7 @@ impl Inner {
         else {
             return Ok(None);
         };
-        let corrupt_meta = || StoreError::CorruptLedger { what: "broadcast meta" };
-        let (shards_total, created_at) = meta.split_first_chunk::<8>().ok_or_else(corrupt_meta)?;
-        let created_at = <[u8; 4]>::try_from(created_at).map_err(|_| corrupt_meta())?;
+        let (shards_total, created_at) = read_meta(&meta)?;
         let mut counts = BroadcastCounts::default();
         let counter_prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Count);
         // One point read per known counter (one written by a newer version is left out). A
@@ -325,12 +333,7 @@ impl Inner {
             rejections.push((RejectionReason { status, reason }, read_u64(&value, "rejection count")?));
         }
         ledger::sort_rejections(&mut rejections);
-        Ok(Some(BroadcastStatus {
-            shards_total: u64::from_be_bytes(*shards_total),
-            created_at: UnixSeconds(u32::from_be_bytes(created_at)),
-            counts,
-            rejections,
-        }))
+        Ok(Some(BroadcastStatus { shards_total, created_at, counts, rejections }))
     }
 }
 
