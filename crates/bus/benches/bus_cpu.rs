@@ -81,6 +81,7 @@ fn batches(count: usize) -> Vec<DeliveryBatch> {
                 targeted: BATCH as u64,
                 encrypted: BATCH as u64,
                 encrypt_failed: 0,
+                ..PageCounts::default()
             }),
         })
         .collect()

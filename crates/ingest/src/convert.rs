@@ -250,6 +250,7 @@ pub fn subscription_message(subscription: &Subscription) -> v1::Subscription {
         create_time: Some(timestamp(subscription.created_at)),
         last_success_time: subscription.last_success_at.map(timestamp),
         consecutive_failures: u32::from(subscription.consecutive_failures),
+        expire_time: subscription.expiration_time_ms.map(timestamp_ms),
     }
 }
 
@@ -286,6 +287,12 @@ pub fn broadcast_message(id: &str, status: &BroadcastStatus) -> v1::Broadcast {
 
 fn timestamp(at: UnixSeconds) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: i64::from(at.0), nanos: 0 }
+}
+
+fn timestamp_ms(ms: u64) -> prost_types::Timestamp {
+    // Ingest accepted these from an `int64`, so the seconds fit.
+    let seconds = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
+    prost_types::Timestamp { seconds, nanos: (ms % 1000) as i32 * 1_000_000 }
 }
 
 /// Milliseconds since the Unix epoch.

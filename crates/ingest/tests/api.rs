@@ -205,6 +205,7 @@ async fn subscriptions_go_through_their_whole_life() {
     assert_eq!(got.vapid_key_id, 3);
     assert_eq!(got.content_encodings, [i32::from(v1::ContentEncoding::Aes128gcm)]);
     assert!(got.create_time.is_some_and(|t| t.seconds > 1_700_000_000));
+    assert_eq!(got.expire_time, None);
 
     // 24 more over 4 shards, half in "sport": pages of 7 cross shard boundaries.
     for n in 0..24 {
@@ -246,6 +247,30 @@ async fn subscriptions_go_through_their_whole_life() {
         .await
         .expect_err("gone");
     assert_eq!(missing.code(), Code::NotFound);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_expiration_time_is_kept_through_tagging() {
+    let h = Harness::start().await;
+    let request = v1::SubscribeRequest {
+        expiration_time: Some(4_102_444_800_250), // 2100-01-01T00:00:00.250Z
+        ..subscribe_request("https://push.example/expiring", &["news"])
+    };
+    let id = h.subscriptions().subscribe(authed(ACME_KEY, request)).await.expect("subscribed");
+    let id = id.into_inner().subscription_id;
+    let tag = v1::TagSubscriptionsRequest { subscription_ids: vec![id.clone()], topic: "sport".into() };
+    h.subscriptions().tag_subscriptions(authed(ACME_KEY, tag)).await.expect("tagged");
+    let got = h
+        .subscriptions()
+        .get_subscription(authed(ACME_KEY, v1::GetSubscriptionRequest { subscription_id: id }))
+        .await
+        .expect("found")
+        .into_inner()
+        .subscription
+        .expect("a subscription");
+    assert_eq!(got.topics, ["news", "sport"]);
+    assert_eq!(got.expire_time, Some(prost_types::Timestamp { seconds: 4_102_444_800, nanos: 250_000_000 }));
     h.stop().await;
 }
 

@@ -206,8 +206,8 @@ pub fn progress(counts: &OutcomeCounts, page: PageCounts, rejections: &[Rejectio
             encrypt_failed: page.encrypt_failed,
             batches_done: 1,
             accepted: counts.delivered,
-            gone: counts.gone,
-            pruned: counts.pruned,
+            gone: counts.gone + page.gone,
+            pruned: counts.pruned + page.pruned,
             rejected: counts.rejected,
             failed: counts.failed + counts.rate_limited,
             expired: counts.expired,
@@ -383,13 +383,14 @@ mod tests {
         );
         assert_eq!(gone, vec![id(2)]);
         assert_eq!(rejections, vec![Rejection { http_status: 403, reason: "BadJwtToken".into(), count: 2 }]);
-        let page = PageCounts { targeted: 8, encrypted: 7, encrypt_failed: 1 };
+        // The page also held two expired subscriptions, one of them still in the store.
+        let page = PageCounts { targeted: 10, encrypted: 7, encrypt_failed: 1, gone: 2, pruned: 1 };
         let delta = progress(&OutcomeCounts { pruned: 1, ..counts }, page, &rejections);
         assert_eq!(delta.counts.failed, 2);
-        assert_eq!(delta.counts.pruned, 1);
+        assert_eq!((delta.counts.gone, delta.counts.pruned), (3, 2));
         // The worker's counts come in the same step: the batch closes its own subscriptions.
-        assert_eq!((delta.counts.targeted, delta.counts.encrypted, delta.counts.batches_done), (8, 7, 1));
-        assert_eq!(delta.counts.finished(), 8);
+        assert_eq!((delta.counts.targeted, delta.counts.encrypted, delta.counts.batches_done), (10, 7, 1));
+        assert_eq!(delta.counts.finished(), 10);
     }
 
     #[test]

@@ -160,13 +160,17 @@ impl<B: Bus> Pages<'_, B> {
         }
         let job = self.job;
         let targeted = subscriptions.len() as u64;
-        let mut counts = BroadcastCounts { targeted, ..Default::default() };
+        let (subscriptions, gone, pruned) = self.prune_expired(subscriptions).await?;
+        let mut counts = BroadcastCounts { targeted, gone, pruned, ..Default::default() };
+        let live = targeted - gone;
         let ttl = job.options.as_ref().map_or(0, |o| o.ttl_seconds);
-        // TTL 0 means "now or never": the gateway tries once. Any other TTL that has run out
-        // would only be dropped by the push service.
-        if ttl > 0 && SystemTime::now() >= plan::system_time(job.expires_at_ms) {
-            counts.expired = targeted;
-            metrics::counter!("pushfan_worker_expired_total").increment(targeted);
+        if live == 0 {
+            // Every subscription of the page had expired: the page step counts them.
+        } else if ttl > 0 && SystemTime::now() >= plan::system_time(job.expires_at_ms) {
+            // TTL 0 means "now or never": the gateway tries once. Any other TTL that has run out
+            // would only be dropped by the push service.
+            counts.expired = live;
+            metrics::counter!("pushfan_worker_expired_total").increment(live);
         } else {
             let signing_key = plan::signing_key(job)?;
             let (subscriptions, results) = self.encrypt(subscriptions).await;
@@ -194,15 +198,18 @@ impl<B: Bus> Pages<'_, B> {
                 .into());
             }
             let encrypt_failed = counts.encrypt_failed;
-            metrics::counter!("pushfan_worker_encrypted_total").increment(targeted - encrypt_failed);
+            metrics::counter!("pushfan_worker_encrypted_total").increment(live - encrypt_failed);
             metrics::counter!("pushfan_worker_encrypt_failed_total").increment(encrypt_failed);
             let batches: Vec<DeliveryBatch> = by_key
                 .into_iter()
                 .enumerate()
                 .map(|(group, (key, deliveries))| {
                     let encrypted = deliveries.len() as u64;
-                    // The first batch also carries the page's encryption failures.
-                    let failed_here = if group == 0 { encrypt_failed } else { 0 };
+                    // The first batch also carries the page's encryption failures and expired
+                    // subscriptions.
+                    let first = group == 0;
+                    let failed_here = if first { encrypt_failed } else { 0 };
+                    let (gone_here, pruned_here) = if first { (gone, pruned) } else { (0, 0) };
                     DeliveryBatch {
                         broadcast_id: job.broadcast_id.clone(),
                         tenant: job.tenant.clone(),
@@ -213,9 +220,11 @@ impl<B: Bus> Pages<'_, B> {
                         shard_index: job.shard_index,
                         batch_seq: plan::batch_seq(page, group),
                         page_counts: Some(PageCounts {
-                            targeted: encrypted + failed_here,
+                            targeted: encrypted + failed_here + gone_here,
                             encrypted,
                             encrypt_failed: failed_here,
+                            gone: gone_here,
+                            pruned: pruned_here,
                         }),
                     }
                 })
@@ -224,13 +233,34 @@ impl<B: Bus> Pages<'_, B> {
                 try_join_all(batches.iter().map(|batch| self.pipeline.bus.publish(batch, self.context)))
                     .await?;
                 counts = BroadcastCounts {
-                    handed_on: targeted - encrypt_failed,
+                    handed_on: live - encrypt_failed,
                     batches_sent: batches.len() as u64,
                     ..Default::default()
                 };
             }
         }
         Ok(Some(ProgressDelta { counts, ..Default::default() }))
+    }
+
+    /// Splits off the subscriptions whose `expirationTime` has passed and deletes them: the push
+    /// service has expired them, so nothing sent could arrive. Returns the rest, how many had
+    /// expired, and how many of those the store still held. The deletion comes before the
+    /// hand-on, so a redone page no longer holds them: a crash in between loses their count,
+    /// never a push.
+    async fn prune_expired(
+        &self,
+        subscriptions: Vec<Subscription>,
+    ) -> Result<(Vec<Subscription>, u64, u64), HandleError> {
+        let now = SystemTime::now();
+        if !subscriptions.iter().any(|s| s.is_expired(now)) {
+            return Ok((subscriptions, 0, 0));
+        }
+        let (expired, live): (Vec<_>, Vec<_>) = subscriptions.into_iter().partition(|s| s.is_expired(now));
+        let ids: Vec<_> = expired.iter().map(|s| s.id).collect();
+        let tenant = &expired[0].tenant;
+        let pruned = self.pipeline.store.remove(tenant, &ids).await? as u64;
+        metrics::counter!("pushfan_worker_subscriptions_expired_total").increment(ids.len() as u64);
+        Ok((live, ids.len() as u64, pruned))
     }
 
     /// Runs the batch encryption on rayon's pool so the async threads never block on crypto.

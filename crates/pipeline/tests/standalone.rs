@@ -347,6 +347,43 @@ async fn a_broadcast_reaches_everyone_exactly_once_and_the_gone_are_pruned() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_subscriptions_get_nothing_and_are_deleted() {
+    let app = start(1000, FaultPlan::default()).await;
+    let tenant = TenantId::new(TENANT).unwrap();
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let id = |i: u64| SubscriptionId::for_endpoint(&app.sims[0].population().endpoint(i).unwrap());
+    // Three whose push service expired them a second ago, one that expires in an hour.
+    let mut changed = Vec::new();
+    for (i, expires) in
+        [(10, now_ms - 1_000), (11, now_ms - 1_000), (12, now_ms - 1_000), (13, now_ms + 3_600_000)]
+    {
+        let stored = app.store.get(&tenant, id(i)).await.unwrap().expect("imported");
+        changed.push(Subscription { expiration_time_ms: Some(expires), ..stored });
+    }
+    app.store.import(&changed).await.unwrap();
+
+    // A page holding only an expired subscription sends nothing and still closes its counts.
+    let list = app
+        .publish(
+            "list-expired",
+            target::Kind::Subscriptions(bus::SubscriptionIds { ids: vec![id(10).to_string()] }),
+        )
+        .await;
+    let c = app.finished(&list).await.counts;
+    assert_eq!((c.targeted, c.encrypted, c.accepted, c.gone, c.pruned), (1, 0, 0, 1, 1));
+
+    let broadcast = app.publish("everyone-expiring", target::Kind::Everyone(bus::Everyone {})).await;
+    let c = app.finished(&broadcast).await.counts;
+    assert_eq!((c.targeted, c.encrypted, c.accepted), (999, 997, 997));
+    assert_eq!((c.gone, c.pruned, c.rejected, c.failed, c.expired), (2, 2, 0, 0, 0));
+    let received = app.sims[0].live_stats().receive_counts();
+    assert_eq!(&received[10..14], [0, 0, 0, 1], "nothing reached the expired, the unexpired got it");
+    assert_eq!(received.iter().map(|&n| u64::from(n)).sum::<u64>(), 997);
+    assert_eq!(app.stored().await, 997, "the expired subscriptions were deleted");
+    app.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_store_writes_after_delivery_are_retried_without_sending_again() {
     let gone = [3u64, 17, 500];
     let faults = FaultPlan { gone: Selection::indices(gone), ..FaultPlan::default() };

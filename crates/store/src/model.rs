@@ -256,6 +256,9 @@ pub struct Subscription {
     pub last_success_at: Option<UnixSeconds>,
     /// Failed deliveries since the last success (saturates at `u16::MAX`).
     pub consecutive_failures: u16,
+    /// When the push service expires the subscription (the Push API's `expirationTime`),
+    /// milliseconds since the Unix epoch; `None` when it named no time, as most browsers do.
+    pub expiration_time_ms: Option<u64>,
 }
 
 impl Subscription {
@@ -286,7 +289,14 @@ impl Subscription {
             created_at,
             last_success_at: None,
             consecutive_failures: 0,
+            expiration_time_ms: subscription.expiration_time,
         })
+    }
+
+    /// Whether the push service has expired the subscription by `now`: nothing sent to it can
+    /// arrive any more.
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.expiration_time_ms.is_some_and(|expires| UNIX_EPOCH + Duration::from_millis(expires) <= now)
     }
 
     /// Whether the subscription is a member of `audience`.

@@ -7,7 +7,8 @@
 //! 0       1     format version (1)
 //! 1       4     last success, u32 BE Unix seconds, 0 = never      ┐ fixed offsets: the Redis
 //! 5       2     consecutive failures, u16 BE, saturating           ┘ outcome script edits them
-//! 7       1     supported content encodings (bit 0 aes128gcm, bit 1 aesgcm)
+//! 7       1     supported content encodings (bit 0 aes128gcm, bit 1 aesgcm); bit 7: an
+//!                 expiration time follows the endpoint
 //! 8       4     created, u32 BE Unix seconds
 //! 12      65    p256dh (uncompressed P-256 point)
 //! 77      16    auth secret
@@ -16,8 +17,12 @@
 //!                 packed: char count u8, position of the one ':' u8 (0xff = none), then the
 //!                         other chars 6 bits each (base64url alphabet), MSB first
 //!                 raw:    byte count LEB128, then the bytes
+//! ..      0/8   expiration time, u64 BE Unix milliseconds (only with bit 7 of byte 7)
 //! ..            topics: count u8, then per topic its length u8 and bytes
 //! ```
+//!
+//! The expiration time came after version 1's first records; a flag rather than a new version
+//! keeps every record written before readable as it is, and the Redis scripts unchanged.
 //!
 //! The Redis scripts depend on the first 7 bytes staying put: the outcome script edits bytes 1-6
 //! in place, and the retag script keeps bytes 0-6 of the stored record while replacing the rest.
@@ -45,6 +50,8 @@ pub(crate) const FAILURES_OFFSET: usize = 5;
 /// the second (autopush keeps its `last_connect` coarse for the same reason).
 pub const SUCCESS_RESOLUTION_SECS: u32 = 3600;
 const ENCODINGS_OFFSET: usize = 7;
+/// In the encodings byte: an expiration time follows the endpoint.
+const HAS_EXPIRATION: u8 = 0x80;
 /// The outcome header: the version and the two outcome fields, bytes 0-6. The embedded store
 /// keeps an edited copy beside the record rather than rewriting the record.
 pub(crate) const OUTCOME_LEN: usize = ENCODINGS_OFFSET;
@@ -96,12 +103,16 @@ pub(crate) fn encode(subscription: &Subscription, out: &mut Vec<u8>) {
     out.push(VERSION);
     out.extend_from_slice(&subscription.last_success_at.map_or(0, |t| t.0).to_be_bytes());
     out.extend_from_slice(&subscription.consecutive_failures.to_be_bytes());
-    out.push(subscription.encodings.bits());
+    let expiration_flag = if subscription.expiration_time_ms.is_some() { HAS_EXPIRATION } else { 0 };
+    out.push(subscription.encodings.bits() | expiration_flag);
     out.extend_from_slice(&subscription.created_at.0.to_be_bytes());
     out.extend_from_slice(subscription.keys.p256dh());
     out.extend_from_slice(subscription.keys.auth());
     write_varint(subscription.vapid_key.0, out);
     encode_endpoint(subscription.endpoint.as_str(), out);
+    if let Some(expires) = subscription.expiration_time_ms {
+        out.extend_from_slice(&expires.to_be_bytes());
+    }
     encode_topics(&subscription.topics, out);
 }
 
@@ -117,7 +128,8 @@ pub(crate) fn decode(
         return Err(RecordError::UnknownVersion(fixed[0]));
     }
     let (last_success_at, consecutive_failures) = outcome(fixed)?;
-    let encodings = ContentEncodings::from_bits(fixed[ENCODINGS_OFFSET])
+    let has_expiration = fixed[ENCODINGS_OFFSET] & HAS_EXPIRATION != 0;
+    let encodings = ContentEncodings::from_bits(fixed[ENCODINGS_OFFSET] & !HAS_EXPIRATION)
         .ok_or(RecordError::UnknownEncodings(fixed[ENCODINGS_OFFSET]))?;
     let created_at = UnixSeconds(u32::from_be_bytes(array(&fixed[CREATED_OFFSET..])));
     let keys = SubscriptionKeys::from_stored(array(&fixed[P256DH_OFFSET..]), array(&fixed[AUTH_OFFSET..]))
@@ -128,6 +140,8 @@ pub(crate) fn decode(
     // Import already applied the deployment's endpoint policy; here only well-formedness matters.
     let endpoint = Endpoint::from_serialized(endpoint, EndpointPolicy::allow_http_loopback())
         .map_err(RecordError::BadEndpoint)?;
+    let expiration_time_ms =
+        if has_expiration { Some(u64::from_be_bytes(array(take(&mut rest, 8)?))) } else { None };
     let topics = decode_topics(&mut rest)?;
     if !rest.is_empty() {
         return Err(RecordError::TrailingBytes(rest.len()));
@@ -143,6 +157,7 @@ pub(crate) fn decode(
         created_at,
         last_success_at,
         consecutive_failures,
+        expiration_time_ms,
     })
 }
 
@@ -222,6 +237,9 @@ fn topics_offset(record: &[u8]) -> Result<usize, RecordError> {
     }
     read_varint(&mut rest)?;
     skip_endpoint(&mut rest)?;
+    if record[ENCODINGS_OFFSET] & HAS_EXPIRATION != 0 {
+        take(&mut rest, 8)?;
+    }
     Ok(record.len() - rest.len())
 }
 
@@ -468,6 +486,24 @@ mod tests {
         let decoded = decode(&sub.tenant, sub.id, &replaced).unwrap();
         assert_eq!(decoded.topics, weather);
         assert_eq!(decoded.endpoint, sub.endpoint);
+    }
+
+    #[test]
+    fn an_expiration_time_round_trips_and_survives_a_retag() {
+        let sub =
+            Subscription { expiration_time_ms: Some(1_900_000_000_123), ..subscription(FCM, &["news"]) };
+        let record = round_trip(&sub);
+        assert_eq!(record.len(), 207 + 8 + 5);
+        assert_eq!(record[ENCODINGS_OFFSET] & HAS_EXPIRATION, HAS_EXPIRATION);
+        let weather = vec![Topic::new("weather").unwrap()];
+        let replaced = decode(&sub.tenant, sub.id, &with_topics(&record, &weather).unwrap()).unwrap();
+        assert_eq!(replaced, Subscription { topics: weather, ..sub.clone() });
+        // Without one, a record is byte for byte what it was before expiration times were kept.
+        let plain = round_trip(&Subscription { expiration_time_ms: None, ..sub });
+        assert_eq!(plain[ENCODINGS_OFFSET] & HAS_EXPIRATION, 0);
+        let mut cut = record.clone();
+        cut.truncate(record.len() - 5 - 4);
+        assert!(decode(&replaced.tenant, replaced.id, &cut).is_err());
     }
 
     #[test]

@@ -94,7 +94,8 @@ async fn remove_deletes_records_and_memberships(store: &dyn SubscriptionStore) {
 
 async fn tag_and_untag_change_topics(store: &dyn SubscriptionStore) {
     let tenant = unique_tenant("tag");
-    let subs = batch(&tenant, 0..60, &["news"]);
+    let mut subs = batch(&tenant, 0..60, &["news"]);
+    subs[0].expiration_time_ms = Some(1_900_000_000_123);
     store.import(&subs).await.unwrap();
     let first: Vec<_> = subs[..20].iter().map(|s| s.id).collect();
     let vip = topic("vip");
@@ -104,6 +105,7 @@ async fn tag_and_untag_change_topics(store: &dyn SubscriptionStore) {
     assert_eq!(scan_ids(store, &tenant, &Audience::Topic(vip.clone())).await, ids(&subs[..20]));
     let tagged = store.get(&tenant, first[0]).await.unwrap().unwrap();
     assert_eq!(tagged.topics, vec![topic("news"), vip.clone()]);
+    assert_eq!(tagged.expiration_time_ms, Some(1_900_000_000_123), "a retag keeps the expiration time");
 
     assert_eq!(store.untag(&tenant, &first[..5], &vip).await.unwrap(), 5);
     assert_eq!(store.untag(&tenant, &first[..5], &vip).await.unwrap(), 0);
