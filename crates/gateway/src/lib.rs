@@ -165,6 +165,56 @@ struct Origin {
     /// Milliseconds after the gateway's epoch until which nobody may send here.
     paused_until_ms: AtomicU64,
     connections: client::OriginConnections,
+    metrics: OriginMetrics,
+}
+
+/// An origin's metric handles, registered when the origin is first used: looking a labelled
+/// metric up in the recorder's registry on every push cost more than recording it.
+#[derive(Debug)]
+struct OriginMetrics {
+    responses: LabelledCounters,
+    deliveries: LabelledCounters,
+    retries: metrics::Counter,
+    request_seconds: metrics::Histogram,
+}
+
+impl OriginMetrics {
+    fn register() -> Self {
+        Self {
+            responses: LabelledCounters::register(
+                "pushfan_gateway_responses_total",
+                &["accepted", "gone", "too_large", "rejected", "throttled", "retryable"],
+            ),
+            deliveries: LabelledCounters::register(
+                "pushfan_gateway_deliveries_total",
+                &["accepted", "gone", "rejected", "failed", "expired"],
+            ),
+            retries: metrics::counter!("pushfan_gateway_retries_total"),
+            request_seconds: metrics::histogram!("pushfan_gateway_request_seconds"),
+        }
+    }
+}
+
+/// One counter per value of its `outcome` label.
+#[derive(Debug)]
+struct LabelledCounters(Vec<(&'static str, metrics::Counter)>);
+
+impl LabelledCounters {
+    fn register(name: &'static str, outcomes: &[&'static str]) -> Self {
+        Self(
+            outcomes
+                .iter()
+                .map(|&outcome| (outcome, metrics::counter!(name, "outcome" => outcome)))
+                .collect(),
+        )
+    }
+
+    fn increment(&self, outcome: &'static str) {
+        match self.0.iter().find(|(label, _)| *label == outcome) {
+            Some((_, counter)) => counter.increment(1),
+            None => debug_assert!(false, "outcome {outcome} has no registered counter"),
+        }
+    }
 }
 
 /// Sends pushes; cheap to clone, one per process is enough.
@@ -254,6 +304,7 @@ impl Gateway {
                 held_back: AtomicUsize::new(self.inner.config.max_in_flight_per_origin.saturating_sub(1)),
                 paused_until_ms: AtomicU64::new(0),
                 connections: self.inner.connector.origin(),
+                metrics: OriginMetrics::register(),
             })
         }))
     }
@@ -301,8 +352,7 @@ impl Gateway {
                 attempt
             };
             if let Attempt::Response(outcome) = &attempt {
-                metrics::counter!("pushfan_gateway_responses_total", "outcome" => outcome.label())
-                    .increment(1);
+                origin.metrics.responses.increment(outcome.label());
             }
             let now = SystemTime::now();
             match self.inner.config.retry.next(
@@ -313,8 +363,7 @@ impl Gateway {
                 fastrand::f64(),
             ) {
                 Next::Finish(outcome) => {
-                    metrics::counter!("pushfan_gateway_deliveries_total", "outcome" => outcome.label())
-                        .increment(1);
+                    origin.metrics.deliveries.increment(outcome.label());
                     if let FinalOutcome::Rejected { status, reason } = &outcome {
                         debug!(endpoint = %delivery.endpoint, status, reason, "push rejected");
                     }
@@ -325,7 +374,7 @@ impl Gateway {
                     if let Some(pause) = pause_origin {
                         self.pause(&origin, pause);
                     }
-                    metrics::counter!("pushfan_gateway_retries_total").increment(1);
+                    origin.metrics.retries.increment(1);
                     pending.ready_at = Some(Instant::now() + delay);
                 }
             }
@@ -355,7 +404,7 @@ impl Gateway {
             Ok(Err(error)) => Attempt::Transport(error),
             Err(_) => Attempt::Transport(format!("no answer within {:?}", self.inner.config.request_timeout)),
         };
-        metrics::histogram!("pushfan_gateway_request_seconds").record(started.elapsed().as_secs_f64());
+        origin.metrics.request_seconds.record(started.elapsed().as_secs_f64());
         attempt
     }
 
