@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::stream::{self, Stream, StreamExt};
 use pushfan_webpush::vapid::TokenCache;
-use pushfan_webpush::{build_request, classify, EncryptedPush, Endpoint, PushOptions};
+use pushfan_webpush::{build_request, classify, EncryptedPush, Endpoint, PushOptions, PushOutcome};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -181,14 +181,8 @@ struct OriginMetrics {
 impl OriginMetrics {
     fn register() -> Self {
         Self {
-            responses: LabelledCounters::register(
-                "pushfan_gateway_responses_total",
-                &["accepted", "gone", "too_large", "rejected", "throttled", "retryable"],
-            ),
-            deliveries: LabelledCounters::register(
-                "pushfan_gateway_deliveries_total",
-                &["accepted", "gone", "rejected", "failed", "expired"],
-            ),
+            responses: LabelledCounters::register("pushfan_gateway_responses_total", &PushOutcome::LABELS),
+            deliveries: LabelledCounters::register("pushfan_gateway_deliveries_total", &FinalOutcome::LABELS),
             retries: metrics::counter!("pushfan_gateway_retries_total"),
             request_seconds: metrics::histogram!("pushfan_gateway_request_seconds"),
         }
@@ -197,22 +191,25 @@ impl OriginMetrics {
 
 /// One counter per value of its `outcome` label.
 #[derive(Debug)]
-struct LabelledCounters(Vec<(&'static str, metrics::Counter)>);
+struct LabelledCounters {
+    name: &'static str,
+    by_outcome: Vec<(&'static str, metrics::Counter)>,
+}
 
 impl LabelledCounters {
     fn register(name: &'static str, outcomes: &[&'static str]) -> Self {
-        Self(
-            outcomes
-                .iter()
-                .map(|&outcome| (outcome, metrics::counter!(name, "outcome" => outcome)))
-                .collect(),
-        )
+        let by_outcome = outcomes
+            .iter()
+            .map(|&outcome| (outcome, metrics::counter!(name, "outcome" => outcome)))
+            .collect();
+        Self { name, by_outcome }
     }
 
     fn increment(&self, outcome: &'static str) {
-        match self.0.iter().find(|(label, _)| *label == outcome) {
+        match self.by_outcome.iter().find(|(label, _)| *label == outcome) {
             Some((_, counter)) => counter.increment(1),
-            None => debug_assert!(false, "outcome {outcome} has no registered counter"),
+            // A label missing from `register`'s list still counts, through the registry.
+            None => metrics::counter!(self.name, "outcome" => outcome).increment(1),
         }
     }
 }

@@ -35,6 +35,9 @@ pub enum FinalOutcome {
 }
 
 impl FinalOutcome {
+    /// Every value [`FinalOutcome::label`] gives.
+    pub const LABELS: [&'static str; 5] = ["accepted", "gone", "rejected", "failed", "expired"];
+
     /// A short label for metrics and statistics.
     pub fn label(&self) -> &'static str {
         match self {
@@ -137,6 +140,18 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_lists_every_outcome_label() {
+        let outcomes = [
+            FinalOutcome::Accepted,
+            FinalOutcome::Gone,
+            FinalOutcome::Rejected { status: 400, reason: String::new() },
+            FinalOutcome::FailedAfterRetries { attempts: 1, last: String::new(), throttled: false },
+            FinalOutcome::Expired,
+        ];
+        assert_eq!(outcomes.map(|o| o.label()), FinalOutcome::LABELS);
+    }
 
     const NOW: SystemTime = SystemTime::UNIX_EPOCH;
 

@@ -180,6 +180,10 @@ pub enum PushOutcome {
 }
 
 impl PushOutcome {
+    /// Every value [`PushOutcome::label`] gives.
+    pub const LABELS: [&'static str; 6] =
+        ["accepted", "gone", "too_large", "rejected", "throttled", "retryable"];
+
     /// A short label for metrics and statistics.
     pub fn label(&self) -> &'static str {
         match self {
@@ -235,9 +239,23 @@ fn reason(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::message::{encrypt, Padding};
     use crate::vapid::{Subject, VapidKey, VapidSigner};
     use crate::{Backend, EndpointPolicy, UserAgentKeys};
+
+    #[test]
+    fn labels_lists_every_outcome_label() {
+        let outcomes = [
+            PushOutcome::Accepted,
+            PushOutcome::Gone { status: 410 },
+            PushOutcome::TooLarge,
+            PushOutcome::Rejected { status: 400, reason: String::new() },
+            PushOutcome::Throttled { status: 429, retry_after: None },
+            PushOutcome::Retryable { status: 500 },
+        ];
+        assert_eq!(outcomes.map(|o| o.label()), PushOutcome::LABELS);
+    }
 
     #[test]
     fn statuses_map_to_what_the_sender_must_do() {
