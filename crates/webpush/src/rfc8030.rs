@@ -239,7 +239,6 @@ fn reason(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     use crate::message::{encrypt, Padding};
     use crate::vapid::{Subject, VapidKey, VapidSigner};
     use crate::{Backend, EndpointPolicy, UserAgentKeys};
