@@ -117,6 +117,24 @@ fn role(name: &str, config: &Path, logs: &Path) -> Role {
     )
 }
 
+/// Waits until each gateway's log says it was assigned `deliveries` partitions: with both
+/// members in the group, the partitions are split and stay put.
+async fn both_gateways_assigned(logs: &Path) {
+    let assigned = |name: &str| {
+        let log = std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap_or_default();
+        log.lines().any(|line| line.contains("partitions assigned") && line.contains("deliveries"))
+    };
+    let started = Instant::now();
+    while !(assigned("gateway1") && assigned("gateway2")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the gateways did not both join their group in 60 s (their logs need pushfan_bus at info)\n{}",
+            log_tails(logs)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The last lines of every role's log, for a failure message.
 fn log_tails(logs: &Path) -> String {
     ROLES
@@ -297,6 +315,9 @@ extra_root_certs = ["{ca}"]
     let imported = subscriptions.bulk_import(authed(tokio_stream::iter(batches))).await.unwrap().into_inner();
     assert_eq!((imported.imported, imported.failed), (SUBSCRIBERS - GONE.len() as u64, 0));
     assert_eq!(stored_subscriptions(&channel).await, SUBSCRIBERS);
+    // Publish once both gateways hold `deliveries` partitions: a rebalance mid-broadcast would
+    // hand a batch parked on the 429 to the other gateway, which never saw it.
+    both_gateways_assigned(&logs).await;
 
     let mut throttle = ThrottleWatch::default();
     throttle.sample(sim.stats().status(429), 0);
