@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
@@ -12,63 +12,11 @@ use hyper::body::Incoming;
 use pushfan_gateway::{
     Delivery, FinalOutcome, Gateway, GatewayConfig, Message, Pending, Progress, Report, RetryPolicy,
 };
-use pushfan_pushsim::{Burst, FaultPlan, Population, PushSim, PushSimConfig, PushSimHandle, Selection};
-use pushfan_webpush::vapid::{Subject, TokenCache, VapidKey, VapidSigner};
-use pushfan_webpush::{encrypt, Backend, ContentEncoding, Padding, PushOptions};
+use pushfan_pushsim::{Burst, FaultPlan, Population, PushSim, PushSimConfig, Selection};
+use pushfan_webpush::{encrypt, Backend, ContentEncoding, Padding};
 
-const PAYLOAD: &[u8] = b"{\"title\":\"hello\"}";
-
-fn message(ttl: u32) -> Message {
-    let signer = VapidSigner::new(VapidKey::generate(), Subject::parse("mailto:ops@example.com").unwrap());
-    Message {
-        options: PushOptions { ttl, ..PushOptions::default() },
-        expires_at: SystemTime::now() + Duration::from_secs(u64::from(ttl)),
-        vapid: Arc::new(TokenCache::new(signer)),
-    }
-}
-
-fn deliveries(sim: &PushSimHandle, count: u64) -> Vec<Delivery<u64>> {
-    (0..count)
-        .map(|i| {
-            let keys = sim.population().keys(i);
-            let encoding = if i % 5 == 4 { ContentEncoding::Aesgcm } else { ContentEncoding::Aes128gcm };
-            let push =
-                encrypt(Backend::AwsLc, keys.subscription_keys(), encoding, PAYLOAD, &Padding::None).unwrap();
-            Delivery { tag: i, endpoint: sim.population().endpoint(i).unwrap(), push }
-        })
-        .collect()
-}
-
-async fn start(count: u64, tls: bool, faults: FaultPlan) -> PushSimHandle {
-    let mut config = PushSimConfig::new(Population::new(42u64, count));
-    config.expected_payload = Some(bytes::Bytes::from_static(PAYLOAD));
-    config.faults = faults;
-    if tls {
-        config = config.with_tls().unwrap();
-    }
-    PushSim::start(config).await.unwrap()
-}
-
-fn gateway(sim: &PushSimHandle, retry: RetryPolicy) -> Gateway {
-    Gateway::new(GatewayConfig {
-        extra_root_certs: sim.tls().map(|tls| vec![tls.ca_der().to_vec()]).unwrap_or_default(),
-        plaintext_h2c: sim.tls().is_none(),
-        max_in_flight_per_origin: 16,
-        retry,
-        ..GatewayConfig::default()
-    })
-    .unwrap()
-}
-
-async fn send(gateway: &Gateway, message: &Message, deliveries: Vec<Delivery<u64>>) -> Vec<Report<u64>> {
-    let mut reports: Vec<Report<u64>> = gateway.send_all(message, deliveries).collect().await;
-    reports.sort_by_key(|r| r.tag);
-    reports
-}
-
-fn fast_retries() -> RetryPolicy {
-    RetryPolicy { base_delay: Duration::from_millis(20), ..RetryPolicy::default() }
-}
+mod common;
+use common::{deliveries, fast_retries, gateway, message, rfc8030_faults, send, start, PAYLOAD};
 
 #[tokio::test]
 async fn every_subscriber_gets_exactly_one_verified_message_over_tls_and_h2c() {
@@ -88,15 +36,7 @@ async fn every_subscriber_gets_exactly_one_verified_message_over_tls_and_h2c() {
 
 #[tokio::test]
 async fn gone_throttled_and_failing_subscribers_are_handled_by_the_rfc8030_rules() {
-    let faults = FaultPlan {
-        gone: Selection::indices([1, 2]),
-        not_found: Selection::indices([3]),
-        throttle: Burst { selection: Selection::indices([4, 5]), first: 1 },
-        retry_after_secs: 1,
-        fail: Burst { selection: Selection::indices([6]), first: 2 },
-        ..FaultPlan::default()
-    };
-    let sim = start(10, true, faults).await;
+    let sim = start(10, true, rfc8030_faults()).await;
     let gateway = gateway(&sim, fast_retries());
     let started = Instant::now();
     let reports = send(&gateway, &message(3600), deliveries(&sim, 10)).await;

@@ -3,15 +3,11 @@
 //! record into whatever recorder the process has, one count per response and per outcome.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use pushfan_gateway::{Delivery, Gateway, GatewayConfig, Message, RetryPolicy};
-use pushfan_pushsim::{Burst, FaultPlan, Population, PushSim, PushSimConfig, Selection};
-use pushfan_webpush::vapid::{Subject, TokenCache, VapidKey, VapidSigner};
-use pushfan_webpush::{encrypt, Backend, ContentEncoding, Padding, PushOptions};
+
+mod common;
+use common::{deliveries, fast_retries, gateway, message, rfc8030_faults, send, start};
 
 #[tokio::test]
 async fn every_response_and_outcome_is_counted_once() {
@@ -19,43 +15,9 @@ async fn every_response_and_outcome_is_counted_once() {
     let snapshotter = recorder.snapshotter();
     recorder.install().expect("the only recorder in this binary");
 
-    let mut config = PushSimConfig::new(Population::new(7u64, 10));
-    config.faults = FaultPlan {
-        gone: Selection::indices([1, 2]),
-        not_found: Selection::indices([3]),
-        throttle: Burst { selection: Selection::indices([4, 5]), first: 1 },
-        retry_after_secs: 1,
-        fail: Burst { selection: Selection::indices([6]), first: 2 },
-        ..FaultPlan::default()
-    };
-    let sim = PushSim::start(config).await.unwrap();
-    let gateway = Gateway::new(GatewayConfig {
-        plaintext_h2c: true,
-        retry: RetryPolicy { base_delay: Duration::from_millis(20), ..RetryPolicy::default() },
-        ..GatewayConfig::default()
-    })
-    .unwrap();
-    let signer = VapidSigner::new(VapidKey::generate(), Subject::parse("mailto:ops@example.com").unwrap());
-    let message = Message {
-        options: PushOptions { ttl: 3600, ..PushOptions::default() },
-        expires_at: SystemTime::now() + Duration::from_secs(3600),
-        vapid: Arc::new(TokenCache::new(signer)),
-    };
-    let deliveries: Vec<_> = (0..10)
-        .map(|i| {
-            let keys = sim.population().keys(i);
-            let push = encrypt(
-                Backend::AwsLc,
-                keys.subscription_keys(),
-                ContentEncoding::Aes128gcm,
-                b"hi",
-                &Padding::None,
-            )
-            .unwrap();
-            Delivery { tag: i, endpoint: sim.population().endpoint(i).unwrap(), push }
-        })
-        .collect();
-    let reports: Vec<_> = gateway.send_all(&message, deliveries).collect().await;
+    let sim = start(10, false, rfc8030_faults()).await;
+    let gateway = gateway(&sim, fast_retries());
+    let reports = send(&gateway, &message(3600), deliveries(&sim, 10)).await;
     assert_eq!(reports.len(), 10);
 
     let mut counters = HashMap::new();
