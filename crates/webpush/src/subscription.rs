@@ -117,6 +117,15 @@ impl Endpoint {
         }
     }
 
+    /// Checks an endpoint read back under a looser policy than the sender's (the store reads
+    /// plain http to loopback) against `policy`, failing as [`Endpoint::parse`] would.
+    pub fn check(&self, policy: EndpointPolicy) -> Result<(), SubscriptionError> {
+        if self.url.starts_with("http://") && !policy.allow_http_loopback {
+            return Err(SubscriptionError::EndpointNotHttps("http".into()));
+        }
+        Ok(())
+    }
+
     /// Where the origin of a normalised http(s) URL ends, if `text` is one `policy` allows.
     fn serialized_origin_len(text: &str, policy: EndpointPolicy) -> Option<usize> {
         let (scheme_len, rest) = if let Some(rest) = text.strip_prefix("https://") {
@@ -494,6 +503,16 @@ mod tests {
                     assert_eq!(endpoint.origin(), url.origin().ascii_serialization(), "{raw:?}");
                     let again = Endpoint::from_serialized(endpoint.as_str(), policy).unwrap();
                     assert_eq!((again.as_str(), again.origin()), (endpoint.as_str(), endpoint.origin()));
+                }
+            }
+        }
+        // An endpoint read back under the loose policy, checked against each, fails as reading
+        // it under that policy would.
+        for raw in inputs {
+            if let Ok(loose) = Endpoint::parse(raw, EndpointPolicy::allow_http_loopback()) {
+                for policy in [EndpointPolicy::default(), EndpointPolicy::allow_http_loopback()] {
+                    let strict = Endpoint::from_serialized(loose.as_str(), policy);
+                    assert_eq!(loose.check(policy), strict.map(|_| ()), "{raw:?} under {policy:?}");
                 }
             }
         }
