@@ -21,7 +21,7 @@ use futures::StreamExt;
 use pushfan_bus::messages::{DeliveryBatch, DeliveryResultBatch, Rejection};
 use pushfan_bus::{Bus, MessageContext};
 use pushfan_gateway::{Delivery, FinalOutcome, Message, Pending, Progress, Report};
-use pushfan_store::{DeliveryOutcome, DeliveryResult, SubscriptionId, UnixSeconds, VapidKeyId};
+use pushfan_store::{DeliveryOutcome, DeliveryResult, SubscriptionId, TenantId, UnixSeconds, VapidKeyId};
 use pushfan_webpush::Endpoint;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -66,14 +66,19 @@ pub async fn run<B: Bus>(pipeline: Pipeline<B>, shutdown: CancellationToken) -> 
 /// throttling origin holds back only its own deliveries. Parking first claims the waiting deliveries' bytes from
 /// `parked_bytes` and copies their bodies out of the page; without room a waiting batch keeps
 /// its place, and the loop takes no new batches until one frees up, as before.
-struct Waiter {
-    slot: Slot,
+pub(crate) struct Waiter {
+    pub(crate) slot: Slot,
     parking: Arc<Semaphore>,
     /// Held from the first park until the batch is done, shrunk as its deliveries finish.
     claim: Option<Claim>,
 }
 
 impl Waiter {
+    /// A waiter for a batch holding `slot`, parking within `parking`'s bytes.
+    pub(crate) fn new(slot: Slot, parking: Arc<Semaphore>) -> Self {
+        Self { slot, parking, claim: None }
+    }
+
     async fn wait_until(&mut self, ready_at: Instant, waiting: &mut [Pending<SubscriptionId>]) {
         let bytes: usize = waiting.iter().map(parked_bytes).sum();
         match &mut self.claim {
@@ -180,10 +185,9 @@ async fn deliver_batch<B: Bus>(
     let (tenant, _) = plan::identity(&batch.tenant, &batch.broadcast_id)?;
     let key = batch.vapid_key_id.parse::<u32>().ok().map(VapidKeyId);
     let Some(vapid) = key.and_then(|key| pipeline.keyring.get(key)) else {
-        let (counts, rejections) =
-            plan::refuse_batch(&batch, &format!("unknown VAPID key id {:?}", batch.vapid_key_id));
-        let results = DeliveryResultBatch { counts: Some(counts), rejections, ..results_header(batch) };
-        return send_results(pipeline, &results, context, &waiter.slot).await;
+        let reason = format!("unknown VAPID key id {:?}", batch.vapid_key_id);
+        let count = batch.deliveries.len() as u64;
+        return refuse(pipeline, results_header(batch), count, &reason, context, &waiter.slot).await;
     };
     let message = Message {
         options: plan::push_options(batch.options.as_ref())?,
@@ -206,9 +210,31 @@ async fn deliver_batch<B: Bus>(
     }
     // Only the results' header is needed from here on: the page is held by the deliveries'
     // bodies alone, and a parked batch copies out those it keeps.
-    let header = results_header(batch);
+    let batch = Batch { tenant, header: results_header(batch), deliveries, refused };
+    deliver(pipeline, batch, &message, context, waiter).await
+}
 
-    let reports = send_all(pipeline, &message, deliveries, waiter).await;
+/// One delivery batch ready to send, off the bus or straight from the encryptor.
+pub(crate) struct Batch {
+    pub(crate) tenant: TenantId,
+    /// The results message without its outcomes: the batch's identity and its page's counts.
+    pub(crate) header: DeliveryResultBatch,
+    pub(crate) deliveries: Vec<Pending<SubscriptionId>>,
+    /// Deliveries refused before any was sent (an endpoint the policy forbids), by reason.
+    pub(crate) refused: Vec<Rejection>,
+}
+
+/// Sends `batch`, prunes the subscriptions found gone, records outcomes and publishes the
+/// results: when it returns, the batch is durably accounted for.
+pub(crate) async fn deliver<B: Bus>(
+    pipeline: &Pipeline<B>,
+    batch: Batch,
+    message: &Message,
+    context: &MessageContext,
+    waiter: &mut Waiter,
+) -> Result<(), PlanError> {
+    let Batch { tenant, header, deliveries, refused } = batch;
+    let reports = send_all(pipeline, message, deliveries, waiter).await;
     // A parked batch sent without a place; its store and bus steps take one again, so batches
     // woken by the same pause's end do not all write at once.
     let slot = &waiter.slot;
@@ -248,6 +274,21 @@ async fn deliver_batch<B: Bus>(
         rejections,
         ..header
     };
+    send_results(pipeline, &results, context, slot).await
+}
+
+/// Reports all `count` deliveries of a batch as rejected for `reason` (an unknown VAPID key,
+/// say) without sending any, so the broadcast's counts still close.
+pub(crate) async fn refuse<B: Bus>(
+    pipeline: &Pipeline<B>,
+    header: DeliveryResultBatch,
+    count: u64,
+    reason: &str,
+    context: &MessageContext,
+    slot: &Slot,
+) -> Result<(), PlanError> {
+    let (counts, rejections) = plan::refuse_batch(count, reason);
+    let results = DeliveryResultBatch { counts: Some(counts), rejections, ..header };
     send_results(pipeline, &results, context, slot).await
 }
 

@@ -70,6 +70,23 @@ pub struct PipelineConfig {
     pub endpoint_policy: EndpointPolicy,
     /// Write each delivery's outcome (last success, consecutive failures) back to the store.
     pub record_outcomes: bool,
+    /// How the encryptor hands its delivery batches to the gateway.
+    pub hand_off: HandOff,
+}
+
+/// How encrypted deliveries get from the encryptor to the gateway. Like `page_size`, every
+/// worker of a deployment must use the same: it decides how large a page may be, and a page
+/// redone after a crash must be the same page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HandOff {
+    /// The encryptor's own process delivers each page's batches through its gateway, and moves
+    /// the shard's checkpoint past a page only once its results are on the bus. Nothing crosses
+    /// the bus but results, and pages are not bounded by the bus's record size.
+    #[default]
+    Direct,
+    /// Each batch goes to the `deliveries` topic for the gateway role's deliverers: a gateway tier
+    /// apart from the workers (its own egress, its own scaling).
+    Bus,
 }
 
 impl Default for PipelineConfig {
@@ -85,6 +102,7 @@ impl Default for PipelineConfig {
             padding: Padding::None,
             endpoint_policy: EndpointPolicy::default(),
             record_outcomes: true,
+            hand_off: HandOff::default(),
         }
     }
 }

@@ -1,13 +1,14 @@
 //! The pipeline's pure decisions: how a publish splits into shard jobs, how bus messages map to
 //! the standards core's types and back, and how delivery reports add up. No I/O.
 
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pushfan_bus::messages::{
-    self as bus, target, DeliveryBatch, OutcomeCounts, PageCounts, PublishRequest, Rejection, ShardJob,
+    self as bus, target, OutcomeCounts, PageCounts, PublishRequest, Rejection, ShardJob,
 };
 use pushfan_gateway::{FinalOutcome, Report};
-use pushfan_store::ledger::{BroadcastCounts, BroadcastId, ProgressDelta, RejectionReason};
+use pushfan_store::ledger::{BroadcastCounts, BroadcastId, ProgressDelta, RejectionReason, ShardCheckpoint};
 use pushfan_store::{Audience, ShardCount, ShardId, SubscriptionId, TenantId, Topic, VapidKeyId};
 use pushfan_webpush::{message, AesgcmParams, ContentEncoding, EncryptedPush, PushOptions, Urgency};
 
@@ -223,10 +224,9 @@ pub fn progress(counts: &OutcomeCounts, page: PageCounts, rejections: &[Rejectio
     }
 }
 
-/// A delivery batch with nothing deliverable in it: every subscription is reported with
-/// `status`/`reason` (an unknown VAPID key, say) so the broadcast's counts still close.
-pub fn refuse_batch(batch: &DeliveryBatch, reason: &str) -> (OutcomeCounts, Vec<Rejection>) {
-    let count = batch.deliveries.len() as u64;
+/// A delivery batch of `count` with nothing deliverable in it: every subscription is reported
+/// with `reason` (an unknown VAPID key, say) so the broadcast's counts still close.
+pub fn refuse_batch(count: u64, reason: &str) -> (OutcomeCounts, Vec<Rejection>) {
     let counts = OutcomeCounts { rejected: count, ..OutcomeCounts::default() };
     (counts, vec![Rejection { http_status: 0, reason: reason.to_owned(), count }])
 }
@@ -272,10 +272,54 @@ pub fn page_size(configured: usize, payload_len: usize, padded: bool, max_record
 /// a page's encryption into one batch per key and refuses a page with more keys than this.
 pub const MAX_KEYS_PER_PAGE: usize = 16;
 
+/// The pages of one shard job whose deliveries are still in flight, in page order. A shard's
+/// checkpoint says where a redelivered job resumes, so it may pass a page only once that page and
+/// every page before it are delivered: pages finish out of order (a page parked on a throttling
+/// push service finishes after the pages behind it), and the checkpoint follows the finished
+/// prefix.
+#[derive(Debug)]
+pub struct PageWindow {
+    /// Where the job resumes now: past the finished prefix.
+    resume: ShardCheckpoint,
+    /// Pages started and not yet part of the finished prefix: (page, checkpoint past it, finished).
+    pages: VecDeque<(u32, ShardCheckpoint, bool)>,
+}
+
+impl PageWindow {
+    /// A window for a job resuming at `resume`.
+    pub fn new(resume: ShardCheckpoint) -> Self {
+        Self { resume, pages: VecDeque::new() }
+    }
+
+    /// Page `page` is being handed on; `after` is the checkpoint past it. Pages start in order.
+    pub fn start(&mut self, page: u32, after: ShardCheckpoint) {
+        debug_assert!(self.pages.back().is_none_or(|&(last, _, _)| last < page), "pages start in order");
+        self.pages.push_back((page, after, false));
+    }
+
+    /// Page `page` is delivered: returns the checkpoint past every page finished so far without
+    /// a gap (unchanged while an earlier page is still in flight).
+    pub fn finish(&mut self, page: u32) -> ShardCheckpoint {
+        if let Some(entry) = self.pages.iter_mut().find(|(p, _, _)| *p == page) {
+            entry.2 = true;
+        }
+        while let Some(&(_, after, true)) = self.pages.front() {
+            self.resume = after;
+            self.pages.pop_front();
+        }
+        self.resume
+    }
+
+    /// Pages started and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.pages.iter().filter(|(_, _, finished)| !finished).count()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pushfan_bus::messages::{Everyone, SubscriptionIds};
+    use pushfan_bus::messages::{DeliveryBatch, Everyone, SubscriptionIds};
 
     fn request(target: target::Kind) -> PublishRequest {
         PublishRequest {
@@ -434,5 +478,26 @@ mod tests {
         assert_eq!(encrypted_push(&on_bus).unwrap(), push);
         on_bus.aesgcm = None;
         assert!(encrypted_push(&on_bus).is_err());
+    }
+
+    #[test]
+    fn the_checkpoint_follows_the_pages_finished_without_a_gap() {
+        let at =
+            |page: u32| ShardCheckpoint { cursor: Some(pushfan_store::ScanCursor::START), next_page: page };
+        let mut window = PageWindow::new(at(3));
+        for page in 3..7 {
+            window.start(page, at(page + 1));
+        }
+        assert_eq!(window.in_flight(), 4);
+        // Page 4 finishes while 3 is still out: the job must still resume at 3.
+        assert_eq!(window.finish(4), at(3));
+        assert_eq!(window.finish(3), at(5), "3 and 4 are done");
+        assert_eq!(window.finish(6), at(5));
+        assert_eq!(window.in_flight(), 1);
+        let last = ShardCheckpoint { cursor: None, next_page: 8 };
+        window.start(7, last);
+        assert_eq!(window.finish(7), at(5));
+        assert_eq!(window.finish(5), last, "everything done: past the last page");
+        assert_eq!(window.in_flight(), 0);
     }
 }

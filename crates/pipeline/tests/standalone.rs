@@ -1,6 +1,7 @@
 //! The whole pipeline in one process, as `pushfan standalone` runs it: the embedded bus and
 //! store, the real gateway, and the simulated push service over HTTP/2 with TLS verifying every
-//! VAPID token and decrypting every message.
+//! VAPID token and decrypting every message. Most tests run once per hand-off (`direct`: the
+//! encryptor delivers its own pages; `bus`: through the deliverer loop).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use pushfan_bus::messages::{self as bus, target, PublishRequest};
 use pushfan_bus::{Bus, EmbeddedBus, EmbeddedConfig, MessageContext};
 use pushfan_gateway::{Gateway, GatewayConfig, RetryPolicy};
-use pushfan_pipeline::{run_roles, Keyring, Pipeline, PipelineConfig, Role};
+use pushfan_pipeline::{run_roles, HandOff, Keyring, Pipeline, PipelineConfig, Role};
 use pushfan_pushsim::{
     Burst, FaultPlan, Observer, Population, PushSim, PushSimConfig, PushSimHandle, Selection, Status,
 };
@@ -24,6 +25,23 @@ use pushfan_webpush::PushSubscription;
 use tokio_util::sync::CancellationToken;
 
 const PAYLOAD: &[u8] = b"{\"title\":\"standalone\"}";
+
+/// Runs the test `$name(hand_off)` as `$name::direct` and `$name::bus`.
+macro_rules! for_each_hand_off {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn direct() {
+                super::$name(pushfan_pipeline::HandOff::Direct).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn bus() {
+                super::$name(pushfan_pipeline::HandOff::Bus).await;
+            }
+        }
+    };
+}
 const TENANT: &str = "acme";
 const SEED: u64 = 7;
 
@@ -34,6 +52,8 @@ struct Standalone {
     /// The failures still to come of the store's writes.
     store_faults: Arc<StoreFaults>,
     bus: EmbeddedBus,
+    /// What the roles run on, for [`Standalone::restart`].
+    pipeline: Pipeline<EmbeddedBus>,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -46,14 +66,19 @@ async fn sim(count: u64, faults: FaultPlan, observer: Option<Arc<dyn Observer>>)
     PushSim::start(config).await.unwrap()
 }
 
-async fn start(count: u64, faults: FaultPlan) -> Standalone {
-    start_failing(count, faults, Arc::default()).await
+async fn start(count: u64, faults: FaultPlan, hand_off: HandOff) -> Standalone {
+    start_failing(count, faults, hand_off, Arc::default()).await
 }
 
 /// [`start`], on a store whose writes fail as `store_faults` says.
-async fn start_failing(count: u64, faults: FaultPlan, store_faults: Arc<StoreFaults>) -> Standalone {
+async fn start_failing(
+    count: u64,
+    faults: FaultPlan,
+    hand_off: HandOff,
+    store_faults: Arc<StoreFaults>,
+) -> Standalone {
     let sims = vec![sim(count, faults, None).await];
-    let config = PipelineConfig { page_size: 64, ..PipelineConfig::default() };
+    let config = PipelineConfig { page_size: 64, hand_off, ..PipelineConfig::default() };
     start_with(sims, count, config, &[1], store_faults).await
 }
 
@@ -189,27 +214,41 @@ async fn start_with(
             VapidSigner::new(VapidKey::generate(), Subject::parse("mailto:ops@example.com").unwrap());
         keyring.insert(VapidKeyId(key), TokenCache::new(signer));
     }
-    let gateway = Gateway::new(GatewayConfig {
-        extra_root_certs: sims.iter().map(|sim| sim.tls().unwrap().ca_der().to_vec()).collect(),
-        retry: RetryPolicy { base_delay: Duration::from_millis(20), ..RetryPolicy::default() },
-        ..GatewayConfig::default()
-    })
-    .unwrap();
     let bus = EmbeddedBus::new(EmbeddedConfig::default());
     let pipeline = Pipeline {
         bus: bus.clone(),
         store: Arc::new(FailingStore { store: Arc::clone(&store), faults: Arc::clone(&store_faults) }),
         ledger: Arc::clone(&store) as Arc<dyn BroadcastLedger>,
         keyring: Arc::new(keyring),
-        gateway,
+        gateway: gateway(&sims),
         config,
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(run_roles(pipeline, &Role::ALL, shutdown.clone()));
-    Standalone { sims, store, store_faults, bus, shutdown, _dir: dir }
+    tokio::spawn(run_roles(pipeline.clone(), &Role::ALL, shutdown.clone()));
+    Standalone { sims, store, store_faults, bus, pipeline, shutdown, _dir: dir }
+}
+
+/// A gateway trusting `sims`, retrying fast.
+fn gateway(sims: &[PushSimHandle]) -> Gateway {
+    Gateway::new(GatewayConfig {
+        extra_root_certs: sims.iter().map(|sim| sim.tls().unwrap().ca_der().to_vec()).collect(),
+        retry: RetryPolicy { base_delay: Duration::from_millis(20), ..RetryPolicy::default() },
+        ..GatewayConfig::default()
+    })
+    .unwrap()
 }
 
 impl Standalone {
+    /// Stops every role mid-work, as a process that dies would, and starts them again on the
+    /// same bus and store with a new gateway (no connection, no pause carried over). On the
+    /// embedded bus the messages the stopped roles had not acked come back.
+    fn restart(&mut self) {
+        self.shutdown.cancel();
+        self.shutdown = CancellationToken::new();
+        let pipeline = Pipeline { gateway: gateway(&self.sims), ..self.pipeline.clone() };
+        tokio::spawn(run_roles(pipeline, &Role::ALL, self.shutdown.clone()));
+    }
+
     async fn publish(&self, id: &str, target: target::Kind) -> BroadcastId {
         self.publish_signed(id, target, "").await
     }
@@ -273,8 +312,8 @@ impl Standalone {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broadcast_reaches_everyone_exactly_once_and_the_gone_are_pruned() {
+for_each_hand_off!(a_broadcast_reaches_everyone_exactly_once_and_the_gone_are_pruned);
+async fn a_broadcast_reaches_everyone_exactly_once_and_the_gone_are_pruned(hand_off: HandOff) {
     let gone = [3u64, 17, 500];
     let faults = FaultPlan {
         gone: Selection::indices(gone),
@@ -283,7 +322,7 @@ async fn a_broadcast_reaches_everyone_exactly_once_and_the_gone_are_pruned() {
         fail: Burst { selection: Selection::indices([7]), first: 1 },
         ..FaultPlan::default()
     };
-    let app = start(1000, faults).await;
+    let app = start(1000, faults, hand_off).await;
     let broadcast = app.publish("everyone-1", target::Kind::Everyone(bus::Everyone {})).await;
     let status = app.finished(&broadcast).await;
     let c = status.counts;
@@ -346,9 +385,9 @@ async fn a_broadcast_reaches_everyone_exactly_once_and_the_gone_are_pruned() {
     app.shutdown.cancel();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_subscriptions_get_nothing_and_are_deleted() {
-    let app = start(1000, FaultPlan::default()).await;
+for_each_hand_off!(expired_subscriptions_get_nothing_and_are_deleted);
+async fn expired_subscriptions_get_nothing_and_are_deleted(hand_off: HandOff) {
+    let app = start(1000, FaultPlan::default(), hand_off).await;
     let tenant = TenantId::new(TENANT).unwrap();
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
     let id = |i: u64| SubscriptionId::for_endpoint(&app.sims[0].population().endpoint(i).unwrap());
@@ -383,12 +422,12 @@ async fn expired_subscriptions_get_nothing_and_are_deleted() {
     app.shutdown.cancel();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_store_writes_after_delivery_are_retried_without_sending_again() {
+for_each_hand_off!(failed_store_writes_after_delivery_are_retried_without_sending_again);
+async fn failed_store_writes_after_delivery_are_retried_without_sending_again(hand_off: HandOff) {
     let gone = [3u64, 17, 500];
     let faults = FaultPlan { gone: Selection::indices(gone), ..FaultPlan::default() };
     let store_faults = StoreFaults { removes: AtomicU32::new(2), outcomes: AtomicU32::new(5) };
-    let app = start_failing(1000, faults, Arc::new(store_faults)).await;
+    let app = start_failing(1000, faults, hand_off, Arc::new(store_faults)).await;
     let broadcast = app.publish("everyone-1", target::Kind::Everyone(bus::Everyone {})).await;
     let c = app.finished(&broadcast).await.counts;
     assert_eq!((c.targeted, c.accepted, c.gone, c.pruned), (1000, 997, 3, 3));
@@ -423,16 +462,17 @@ const THROTTLED: usize = 0;
 const HEALTHY: usize = 1;
 
 /// Two push services, `THROTTLED` answering each subscriber's first try 429 with
-/// `Retry-After: 3`, `HEALTHY` never; both log every answer in the order given.
-async fn throttling_sims() -> (Vec<PushSimHandle>, tokio::sync::mpsc::UnboundedReceiver<(usize, u64, Status)>)
-{
+/// `Retry-After: retry_after_secs`, `HEALTHY` never; both log every answer in the order given.
+async fn throttling_sims(
+    retry_after_secs: u32,
+) -> (Vec<PushSimHandle>, tokio::sync::mpsc::UnboundedReceiver<(usize, u64, Status)>) {
     let (log, answers) = tokio::sync::mpsc::unbounded_channel();
     let observer = |origin| Some(Arc::new(Answers { origin, log: log.clone() }) as Arc<dyn Observer>);
     let throttle = FaultPlan {
         throttle: Burst { selection: Selection::fraction(1.0, 0), first: 1 },
         // Every pause holds the origin's untried deliveries too, and their first tries are
         // answered 429 again: the origin needs a few pauses, so they are kept short.
-        retry_after_secs: 3,
+        retry_after_secs,
         ..FaultPlan::default()
     };
     let sims = vec![
@@ -485,14 +525,15 @@ fn only_the_throttled_origin_waited(
     );
 }
 
+for_each_hand_off!(a_throttling_origin_holds_back_only_its_own_deliveries);
 /// Issue 4: a 429 slows only the origin that sent it. Every subscriber of one origin is told to
 /// come back after `Retry-After`; batches hold subscribers of both origins and there are more of
 /// them than `concurrent_batches`. The healthy origin must get all its pushes before the
 /// throttled one is tried again: a batch waiting out the pause gives its place to the next.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_throttling_origin_holds_back_only_its_own_deliveries() {
-    let (sims, answers) = throttling_sims().await;
-    let config = PipelineConfig { page_size: 64, concurrent_batches: 4, ..PipelineConfig::default() };
+async fn a_throttling_origin_holds_back_only_its_own_deliveries(hand_off: HandOff) {
+    let (sims, answers) = throttling_sims(3).await;
+    let config =
+        PipelineConfig { page_size: 64, concurrent_batches: 4, hand_off, ..PipelineConfig::default() };
     let places = config.concurrent_batches as u64;
     let app = start_on(sims, THROTTLING_COUNT, config, &[1]).await;
     let broadcast = app.publish("throttled-1", target::Kind::Everyone(bus::Everyone {})).await;
@@ -506,19 +547,20 @@ async fn a_throttling_origin_holds_back_only_its_own_deliveries() {
     only_the_throttled_origin_waited(&app, &status, answers);
 }
 
+for_each_hand_off!(a_throttling_origin_on_every_page_holds_back_only_its_own_deliveries);
 /// Issue 4, with 429s on every page: the throttled origin's subscribers are spread over far more
 /// pages than two whole batches, and parking may hold only what two whole batches could
 /// (`parked_bytes`). Parked batches keep just their waiting deliveries, so every page fits and
 /// the healthy origin still gets all its pushes before the throttled one is tried again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_throttling_origin_on_every_page_holds_back_only_its_own_deliveries() {
-    let (sims, answers) = throttling_sims().await;
+async fn a_throttling_origin_on_every_page_holds_back_only_its_own_deliveries(hand_off: HandOff) {
+    let (sims, answers) = throttling_sims(3).await;
     // Pages of 4: about 200 batches, most with deliveries to both origins.
     let config = PipelineConfig {
         page_size: 4,
         concurrent_batches: 2,
         // Two whole Kafka-sized batches' worth (768 KiB each).
         parked_bytes: 2 * 768 * 1024,
+        hand_off,
         ..PipelineConfig::default()
     };
     let app = start_on(sims, THROTTLING_COUNT, config, &[1]).await;
@@ -529,15 +571,15 @@ async fn a_throttling_origin_on_every_page_holds_back_only_its_own_deliveries() 
     only_the_throttled_origin_waited(&app, &status, answers);
 }
 
+for_each_hand_off!(a_publish_signs_with_the_vapid_key_it_names);
 /// `PublishRequest.vapid_key_id` names the key every push is signed with, whatever key the
 /// subscriptions were registered under. Here the keyring holds key 2 only: signed with each
 /// subscription's own key (1), nothing can go out; signed with key 2, everything does.
-#[tokio::test]
-async fn a_publish_signs_with_the_vapid_key_it_names() {
+async fn a_publish_signs_with_the_vapid_key_it_names(hand_off: HandOff) {
     const COUNT: u64 = 100;
     let sims = vec![sim(COUNT, FaultPlan::default(), None).await];
-    let app =
-        start_on(sims, COUNT, PipelineConfig { page_size: 64, ..PipelineConfig::default() }, &[2]).await;
+    let config = PipelineConfig { page_size: 64, hand_off, ..PipelineConfig::default() };
+    let app = start_on(sims, COUNT, config, &[2]).await;
     let everyone = || target::Kind::Everyone(bus::Everyone {});
 
     let own_keys = app.finished(&app.publish_signed("own-keys", everyone(), "").await).await;
@@ -547,5 +589,60 @@ async fn a_publish_signs_with_the_vapid_key_it_names() {
     let named = app.finished(&app.publish_signed("key-2", everyone(), "2").await).await;
     assert_eq!((named.counts.accepted, named.counts.rejected), (COUNT, 0), "{named:?}");
     assert_eq!(app.sims[0].stats().received.exactly_one, COUNT);
+    app.shutdown.cancel();
+}
+
+/// Direct hand-off: a page parked on a paused push service holds back its shard's checkpoint, not
+/// the job, and a process that dies meanwhile leaves no one out. One page per subscriber; one
+/// subscriber of the throttled origin is answered 429 with a minute's `Retry-After`, so that
+/// origin's pages park while the healthy origin's, behind them, are all delivered. Then the
+/// process "dies" and starts again with a gateway that knows no pause: the shard jobs resume at
+/// the checkpoint, before the first parked page, so the parked pages are redone (with the
+/// delivered pages after them, sent twice, as at-least-once allows) and every count closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_dies_while_pages_are_parked_redoes_them() {
+    const COUNT: u64 = THROTTLING_COUNT;
+    let throttle = FaultPlan {
+        throttle: Burst { selection: Selection::indices([0]), first: 1 },
+        retry_after_secs: 60,
+        ..FaultPlan::default()
+    };
+    let sims = vec![sim(COUNT, throttle, None).await, sim(COUNT, FaultPlan::default(), None).await];
+    let config = PipelineConfig { page_size: 1, hand_off: HandOff::Direct, ..PipelineConfig::default() };
+    let mut app = start_on(sims, COUNT, config, &[1]).await;
+    let broadcast = app.publish("parked", target::Kind::Everyone(bus::Everyone {})).await;
+
+    // Up to a minute: a bound on waiting, not a timing check.
+    for _ in 0..1200 {
+        if app.sims[HEALTHY].stats().status(201) == COUNT / 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (throttled, healthy) = (app.sims[THROTTLED].stats(), app.sims[HEALTHY].stats());
+    assert_eq!(healthy.status(201), COUNT / 2, "the pages behind the parked ones went out: {healthy:?}");
+    assert_eq!(throttled.status(429), 1, "{throttled:?}");
+    assert!(throttled.status(201) < COUNT / 2, "the throttled origin waits: {throttled:?}");
+    let tenant = TenantId::new(TENANT).unwrap();
+    let ledger: &dyn BroadcastLedger = &*app.store;
+    let before = ledger.status(&tenant, &broadcast).await.unwrap().expect("planned");
+    assert!(!before.is_complete() && before.counts.shards_done < 8, "{before:?}");
+
+    app.restart();
+    let status = app.finished(&broadcast).await;
+    let c = &status.counts;
+    assert_eq!((c.targeted, c.encrypted, c.handed_on, c.accepted), (COUNT, COUNT, COUNT, COUNT));
+    assert_eq!((c.gone, c.rejected, c.failed, c.expired), (0, 0, 0, 0));
+    assert_eq!((c.shards_done, c.batches_done), (8, c.batches_sent));
+    let (throttled, healthy) = (app.sims[THROTTLED].stats(), app.sims[HEALTHY].stats());
+    for stats in [&throttled, &healthy] {
+        let reached = stats.received.exactly_one + stats.received.more_than_one;
+        assert_eq!(reached, COUNT / 2, "each of its subscribers got the push: {stats:?}");
+        assert_eq!((stats.vapid_failures, stats.decrypt_failures, stats.payload_mismatches), (0, 0, 0));
+    }
+    assert!(
+        healthy.received.more_than_one > 0,
+        "pages delivered behind a parked page are redone: the checkpoint had not passed them: {healthy:?}"
+    );
     app.shutdown.cancel();
 }
