@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Scale-out: the same broadcast through a pushfan cluster (ingest, W workers, one gateway, on a
-# real Redis and tansu) with W = 1 and then W = 2, driven by pushfan-loadtest in attach mode.
+# Scale-out: the same broadcast through a pushfan cluster (ingest and W workers, plus one gateway
+# with HAND_OFF=bus, on a real Redis and tansu) with W = 1 and then W = 2, driven by
+# pushfan-loadtest in attach mode.
 # Prints each process's CPU over the broadcast and each worker's share of the encryptions (from
 # its Prometheus counter), so CPU per push with one and two workers can be compared.
 #
@@ -8,6 +9,7 @@
 #   WORKERS=1 SUBSCRIBERS=1000000 loadtest/scaleout.sh    # one cluster run at 1M
 #   EXTRA_CONFIG=more.toml loadtest/scaleout.sh             # appended to every role's config
 #   PUSHFAN=/path/to/other/pushfan loadtest/scaleout.sh    # another build of the roles, for A/B runs
+#   HAND_OFF=bus loadtest/scaleout.sh                      # [worker] hand_off (default: direct)
 #
 # Needs: release builds of pushfan and pushfan-loadtest in $CARGO_TARGET_DIR/release, redis-server,
 # tansu in ~/.cache/pushfan/tools/bin (scripts/setup.d/30-kafka.sh installs it), openssl, curl.
@@ -26,6 +28,7 @@ redis_port=${REDIS_PORT:-16391}
 tansu_port=${TANSU_PORT:-19193}
 api_port=${API_PORT:-15052}
 metrics_base=${METRICS_PORT_BASE:-19510}
+hand_off=${HAND_OFF:-direct}
 
 for tool in "$pushfan" "$bin/pushfan-loadtest" "$tansu"; do
   [ -x "$tool" ] || { echo "scaleout.sh: $tool is missing (see the header)" >&2; exit 1; }
@@ -99,7 +102,7 @@ extra_root_certs = ["$run/ca.pem"]
 EOF
   if [ -n "${EXTRA_CONFIG:-}" ]; then cat "$EXTRA_CONFIG" >>"$config"; fi
   start_role() { # role metrics-port
-    PUSHFAN__METRICS__LISTEN="127.0.0.1:$2" RUST_LOG=warn NO_COLOR=1 \
+    PUSHFAN__METRICS__LISTEN="127.0.0.1:$2" PUSHFAN__WORKER__HAND_OFF="$hand_off" RUST_LOG=warn NO_COLOR=1 \
       "$pushfan" --config "$config" "$1" 2>>"$run/$1-$workers.log" &
     roles+=($!)
   }
@@ -111,13 +114,17 @@ EOF
     start_role worker $((metrics_base + w))
     worker_pids+=($!)
   done
-  start_role gateway $((metrics_base + 9))
-  gateway_pid=$!
+  # With the direct hand-off the workers deliver their own pages: no gateway process.
+  gateway_pids=()
+  if [ "$hand_off" = bus ]; then
+    start_role gateway $((metrics_base + 9))
+    gateway_pids+=($!)
+  fi
   ingest_pid=${roles[0]}
   pid_args=()
-  for pid in "${worker_pids[@]}" "$ingest_pid" "$gateway_pid"; do pid_args+=(--pid "$pid"); done
+  for pid in "${worker_pids[@]}" "$ingest_pid" "${gateway_pids[@]}"; do pid_args+=(--pid "$pid"); done
 
-  echo "== $workers worker(s): pids workers ${worker_pids[*]}, ingest $ingest_pid, gateway $gateway_pid"
+  echo "== $workers worker(s), $hand_off hand-off: pids workers ${worker_pids[*]}, ingest $ingest_pid, gateway ${gateway_pids[*]:-none}"
   OUT_DIR="$out/scaleout-$workers-workers"
   mkdir -p "$OUT_DIR"
   "$bin/pushfan-loadtest" "$scenario" --subscribers "$subscribers" --quiet --out "$OUT_DIR" \

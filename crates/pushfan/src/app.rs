@@ -125,6 +125,7 @@ async fn start_with<B: Bus>(
                 padding: if config.worker.pad_payloads { Padding::standard_buckets() } else { Padding::None },
                 endpoint_policy: policy,
                 record_outcomes: config.gateway.record_outcomes,
+                hand_off: config.worker.hand_off.into(),
             },
         };
         let (stop, loops) = (shutdown.clone(), roles.loops);

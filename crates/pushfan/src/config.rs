@@ -195,6 +195,27 @@ pub(crate) struct WorkerConfig {
     pub(crate) crypto_backend: String,
     /// Pad payloads to standard size buckets to hide their length.
     pub(crate) pad_payloads: bool,
+    /// `direct`: a worker delivers its own pages through its gateway; `bus`: pages go to the
+    /// `deliveries` topic for `pushfan gateway` processes. The same on every worker.
+    pub(crate) hand_off: HandOffSetting,
+}
+
+/// `[worker] hand_off`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum HandOffSetting {
+    #[default]
+    Direct,
+    Bus,
+}
+
+impl From<HandOffSetting> for pushfan_pipeline::HandOff {
+    fn from(setting: HandOffSetting) -> Self {
+        match setting {
+            HandOffSetting::Direct => Self::Direct,
+            HandOffSetting::Bus => Self::Bus,
+        }
+    }
 }
 
 impl Default for WorkerConfig {
@@ -204,6 +225,7 @@ impl Default for WorkerConfig {
             concurrent_shard_jobs: 4,
             crypto_backend: "aws-lc-rs".into(),
             pad_payloads: false,
+            hand_off: HandOffSetting::default(),
         }
     }
 }
@@ -376,6 +398,10 @@ mod tests {
         assert!(format!("{err:#}").contains("set gateway.parked_bytes instead"), "{err:#}");
         let err = load("[worker]\ncrypto_backend = \"openssl\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("worker.crypto_backend"), "{err:#}");
+        let err = load("[worker]\nhand_off = \"carrier-pigeon\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("worker.hand_off"), "{err:#}");
+        assert!(format!("{err:#}").contains("`direct`"), "{err:#}");
+        assert_eq!(load("[worker]\nhand_off = \"bus\"\n").unwrap().worker.hand_off, HandOffSetting::Bus);
         let config = load("[bus.librdkafka]\n\"security.protocol\" = \"ssl\"\ndebug = \"cgrp\"\n").unwrap();
         let librdkafka: Vec<_> =
             config.bus.librdkafka.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
