@@ -309,11 +309,6 @@ impl PageWindow {
         }
         self.resume
     }
-
-    /// Pages started and not yet finished.
-    pub fn in_flight(&self) -> usize {
-        self.pages.iter().filter(|(_, _, finished)| !finished).count()
-    }
 }
 
 #[cfg(test)]
@@ -488,16 +483,13 @@ mod tests {
         for page in 3..7 {
             window.start(page, at(page + 1));
         }
-        assert_eq!(window.in_flight(), 4);
         // Page 4 finishes while 3 is still out: the job must still resume at 3.
         assert_eq!(window.finish(4), at(3));
         assert_eq!(window.finish(3), at(5), "3 and 4 are done");
         assert_eq!(window.finish(6), at(5));
-        assert_eq!(window.in_flight(), 1);
         let last = ShardCheckpoint { cursor: None, next_page: 8 };
         window.start(7, last);
         assert_eq!(window.finish(7), at(5));
         assert_eq!(window.finish(5), last, "everything done: past the last page");
-        assert_eq!(window.in_flight(), 0);
     }
 }

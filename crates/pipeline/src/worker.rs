@@ -162,10 +162,10 @@ async fn encrypt_shard<B: Bus>(
                 let (pipeline, context) = (pipeline.clone(), context.clone());
                 delivering.spawn(
                     async move {
-                        let mut waiters = Vec::with_capacity(batches.len());
-                        for direct in batches {
-                            waiters.push(direct.deliver(&pipeline, &context).await?);
-                        }
+                        let waiters = try_join_all(
+                            batches.into_iter().map(|direct| direct.deliver(&pipeline, &context)),
+                        )
+                        .await?;
                         // The page's places are held until its step is written.
                         step.record(Some(&delta), &waiters[0].slot).await
                     }
