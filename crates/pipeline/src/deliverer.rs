@@ -46,12 +46,11 @@ pub async fn run<B: Bus>(pipeline: Pipeline<B>, shutdown: CancellationToken) -> 
             let pipeline = pipeline.clone();
             let parking = Arc::clone(&parking);
             async move {
-                let span = tracing::info_span!(
-                    "deliver_batch",
-                    broadcast = %batch.broadcast_id,
-                    shard = batch.shard_index,
-                    batch = batch.batch_seq,
-                    deliveries = batch.deliveries.len()
+                let span = batch_span(
+                    &batch.broadcast_id,
+                    batch.shard_index,
+                    batch.batch_seq,
+                    batch.deliveries.len(),
                 );
                 let mut waiter = Waiter { slot, parking, claim: None };
                 deliver_batch(&pipeline, batch, &context, &mut waiter).instrument(span).await
@@ -59,6 +58,11 @@ pub async fn run<B: Bus>(pipeline: Pipeline<B>, shutdown: CancellationToken) -> 
         },
     )
     .await
+}
+
+/// The span one delivery batch is sent in, from the bus or from the encryptor.
+pub(crate) fn batch_span(broadcast: &str, shard: u32, batch_seq: u32, deliveries: usize) -> tracing::Span {
+    tracing::info_span!("deliver_batch", broadcast, shard, batch = batch_seq, deliveries)
 }
 
 /// How a batch waits when every delivery it has left waits on a paused push service or a retry

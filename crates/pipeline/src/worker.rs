@@ -259,12 +259,11 @@ impl DirectBatch {
     ) -> Result<Waiter, PlanError> {
         let Self { batch, message, key, mut waiter } = self;
         let header = &batch.header;
-        let span = tracing::info_span!(
-            "deliver_batch",
-            broadcast = %header.broadcast_id,
-            shard = header.shard_index,
-            batch = header.batch_seq,
-            deliveries = batch.deliveries.len()
+        let span = deliverer::batch_span(
+            &header.broadcast_id,
+            header.shard_index,
+            header.batch_seq,
+            batch.deliveries.len(),
         );
         match message {
             Some(message) => {
@@ -367,24 +366,14 @@ impl<B: Bus> Pages<'_, B> {
             },
             ..Default::default()
         };
+        let batches = by_key.into_iter().enumerate().map(|(group, (key, encrypted))| {
+            (plan::batch_seq(page, group), key, page_counts(group, encrypted.len() as u64), encrypted)
+        });
         match self.pipeline.config.hand_off {
             HandOff::Bus => {
-                let batches: Vec<DeliveryBatch> = by_key
-                    .into_iter()
-                    .enumerate()
-                    .map(|(group, (key, encrypted))| DeliveryBatch {
-                        broadcast_id: job.broadcast_id.clone(),
-                        tenant: job.tenant.clone(),
-                        options: job.options.clone(),
-                        vapid_key_id: key.0.to_string(),
-                        expires_at_ms: job.expires_at_ms,
-                        page_counts: Some(page_counts(group, encrypted.len() as u64)),
-                        deliveries: encrypted
-                            .into_iter()
-                            .map(|(s, push)| plan::delivery(s.id, s.endpoint.as_str(), push))
-                            .collect(),
-                        shard_index: job.shard_index,
-                        batch_seq: plan::batch_seq(page, group),
+                let batches: Vec<DeliveryBatch> = batches
+                    .map(|(batch_seq, key, counts, encrypted)| {
+                        self.bus_batch(batch_seq, key, counts, encrypted)
                     })
                     .collect();
                 try_join_all(batches.iter().map(|batch| self.pipeline.bus.publish(batch, self.context)))
@@ -392,54 +381,86 @@ impl<B: Bus> Pages<'_, B> {
                 Ok(HandedOn::Done(Some(delta)))
             }
             HandOff::Direct => {
-                let (tenant, _) = plan::identity(&job.tenant, &job.broadcast_id)?;
-                let options = plan::push_options(job.options.as_ref())?;
-                let policy = self.pipeline.config.endpoint_policy;
-                let mut batches = Vec::with_capacity(by_key.len());
-                for (group, (key, encrypted)) in by_key.into_iter().enumerate() {
-                    let header = DeliveryResultBatch {
-                        broadcast_id: job.broadcast_id.clone(),
-                        tenant: job.tenant.clone(),
-                        shard_index: job.shard_index,
-                        batch_seq: plan::batch_seq(page, group),
-                        page_counts: Some(page_counts(group, encrypted.len() as u64)),
-                        ..DeliveryResultBatch::default()
-                    };
-                    let mut batch = Batch {
-                        tenant: tenant.clone(),
-                        header,
-                        deliveries: Vec::with_capacity(encrypted.len()),
-                        refused: Vec::new(),
-                    };
-                    for (subscription, push) in encrypted {
-                        match subscription.endpoint.check(policy) {
-                            Ok(()) => batch.deliveries.push(Pending::from(Delivery {
-                                tag: subscription.id,
-                                endpoint: subscription.endpoint,
-                                push,
-                            })),
-                            Err(error) => plan::add_rejection(
-                                &mut batch.refused,
-                                0,
-                                &format!("endpoint refused: {error}"),
-                                1,
-                            ),
-                        }
-                    }
-                    let message = self.pipeline.keyring.get(key).map(|vapid| Message {
-                        options: options.clone(),
-                        expires_at: plan::system_time(job.expires_at_ms),
-                        vapid: Arc::clone(vapid),
-                    });
-                    // Backpressure: the page waits for its places among this process's deliveries.
-                    let place = Arc::clone(&self.bounds.places).acquire_owned().await.expect("never closed");
-                    let slot = Slot::new(Arc::clone(&self.bounds.places), place);
-                    let waiter = Waiter::new(slot, Arc::clone(&self.bounds.parking));
-                    batches.push(DirectBatch { batch, message, key, waiter });
+                let mut direct = Vec::new();
+                for (batch_seq, key, counts, encrypted) in batches {
+                    direct.push(self.direct_batch(batch_seq, key, counts, encrypted).await?);
                 }
-                Ok(HandedOn::Delivering(batches, delta))
+                Ok(HandedOn::Delivering(direct, delta))
             }
         }
+    }
+
+    /// One batch of a page, for the `deliveries` topic.
+    fn bus_batch(
+        &self,
+        batch_seq: u32,
+        key: VapidKeyId,
+        page_counts: PageCounts,
+        encrypted: Vec<(Subscription, EncryptedPush)>,
+    ) -> DeliveryBatch {
+        let job = self.job;
+        DeliveryBatch {
+            broadcast_id: job.broadcast_id.clone(),
+            tenant: job.tenant.clone(),
+            options: job.options.clone(),
+            vapid_key_id: key.0.to_string(),
+            expires_at_ms: job.expires_at_ms,
+            page_counts: Some(page_counts),
+            deliveries: encrypted
+                .into_iter()
+                .map(|(s, push)| plan::delivery(s.id, s.endpoint.as_str(), push))
+                .collect(),
+            shard_index: job.shard_index,
+            batch_seq,
+        }
+    }
+
+    /// One batch of a page, for this process's gateway, once it has its place among this
+    /// process's deliveries (backpressure: the encryptor waits here).
+    async fn direct_batch(
+        &self,
+        batch_seq: u32,
+        key: VapidKeyId,
+        page_counts: PageCounts,
+        encrypted: Vec<(Subscription, EncryptedPush)>,
+    ) -> Result<DirectBatch, PlanError> {
+        let job = self.job;
+        let (tenant, _) = plan::identity(&job.tenant, &job.broadcast_id)?;
+        let header = DeliveryResultBatch {
+            broadcast_id: job.broadcast_id.clone(),
+            tenant: job.tenant.clone(),
+            shard_index: job.shard_index,
+            batch_seq,
+            page_counts: Some(page_counts),
+            ..DeliveryResultBatch::default()
+        };
+        let mut batch =
+            Batch { tenant, header, deliveries: Vec::with_capacity(encrypted.len()), refused: Vec::new() };
+        let policy = self.pipeline.config.endpoint_policy;
+        for (subscription, push) in encrypted {
+            match subscription.endpoint.check(policy) {
+                Ok(()) => batch.deliveries.push(Pending::from(Delivery {
+                    tag: subscription.id,
+                    endpoint: subscription.endpoint,
+                    push,
+                })),
+                Err(error) => {
+                    plan::add_rejection(&mut batch.refused, 0, &format!("endpoint refused: {error}"), 1)
+                }
+            }
+        }
+        let message = match self.pipeline.keyring.get(key) {
+            Some(vapid) => Some(Message {
+                options: plan::push_options(job.options.as_ref())?,
+                expires_at: plan::system_time(job.expires_at_ms),
+                vapid: Arc::clone(vapid),
+            }),
+            None => None,
+        };
+        let place = Arc::clone(&self.bounds.places).acquire_owned().await.expect("never closed");
+        let waiter =
+            Waiter::new(Slot::new(Arc::clone(&self.bounds.places), place), Arc::clone(&self.bounds.parking));
+        Ok(DirectBatch { batch, message, key, waiter })
     }
 
     /// Splits off the subscriptions whose `expirationTime` has passed and deletes them: the push
