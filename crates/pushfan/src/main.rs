@@ -167,6 +167,12 @@ async fn serve(config_file: Option<PathBuf>, roles: Roles) -> anyhow::Result<()>
             .install()
             .with_context(|| format!("serving metrics on {listen}"))?;
     }
+    if roles == Roles::GATEWAY && config.worker.hand_off == config::HandOffSetting::Direct {
+        tracing::warn!(
+            "worker.hand_off is \"direct\": workers deliver their own pages, and this gateway only \
+             gets batches from workers set to \"bus\""
+        );
+    }
     let running = app::start(&config, roles).await?;
     if let Some(addr) = running.ingest_addr {
         tracing::info!(%addr, "gRPC API listening");
