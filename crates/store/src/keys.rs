@@ -32,6 +32,13 @@
 //! [`crate::ledger::BROADCAST_RETENTION`], so they expire together. Broadcast ids cannot contain
 //! `}` and the `b:` prefix cannot start a shard number, so ledger tags never meet shard tags.
 //!
+//! Pauses of push services (see [`crate::pauses`]) are the one key of no tenant: a delivering
+//! process's connections and pauses are per origin, for every tenant alike.
+//!
+//! | key                               | type   | holds                                                |
+//! |-----------------------------------|--------|------------------------------------------------------|
+//! | `pf:{pauses}:origins`             | hash   | origin → when its pause ends (ms since the Unix epoch, decimal) |
+//!
 //! ## Embedded
 //!
 //! Ordered keyspaces (fjall partitions) with binary keys, where `T` is the tenant as one
@@ -78,6 +85,9 @@ pub(crate) fn topic_members(tenant: &TenantId, shard: ShardId, topic: &Topic) ->
 }
 
 /// The Redis key holding an idempotency key's claim.
+/// The push services' pauses, shared by every tenant.
+pub(crate) const ORIGIN_PAUSES: &str = "pf:{pauses}:origins";
+
 pub(crate) fn idempotency(tenant: &TenantId, key: &str) -> String {
     format!("pf:{{{tenant}}}:idem:{key}")
 }

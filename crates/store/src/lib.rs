@@ -28,6 +28,7 @@ mod error;
 pub mod keys;
 pub mod ledger;
 pub mod model;
+pub mod pauses;
 pub mod record;
 mod redis;
 pub mod shard;
@@ -39,6 +40,7 @@ pub use crate::model::{
     Audience, ContentEncodings, DeliveryOutcome, DeliveryResult, ScanCursor, ScanPage, Subscription,
     SubscriptionId, TenantId, Topic, UnixSeconds, VapidKeyId,
 };
+pub use crate::pauses::{OriginPause, PauseBoard};
 pub use crate::record::RecordError;
 pub use crate::redis::{RedisConfig, RedisStore, RedisTarget};
 pub use crate::shard::{ShardCount, ShardId};

@@ -39,7 +39,7 @@ use crate::model::{
 };
 use crate::shard::{ShardCount, ShardId};
 use crate::telemetry::{self, count, observe};
-use crate::{keys, last_per_id, record, retopic, SubscriptionStore};
+use crate::{keys, last_per_id, record, retopic, OriginPause, PauseBoard, SubscriptionStore};
 
 mod ledger;
 
@@ -84,6 +84,26 @@ return recorded
 ";
 
 /// Compare-and-set of records plus the matching membership change.
+/// `share_pauses`: KEYS[1] the pauses hash; ARGV[1] now (ms); then origin, end (ms) pairs. Keeps
+/// the later end per origin, drops ended pauses, returns the rest as a flat origin, end list.
+const PAUSES_SCRIPT: &str = r"
+local key, now = KEYS[1], tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  local known = tonumber(redis.call('HGET', key, ARGV[i]) or '0')
+  if tonumber(ARGV[i + 1]) > known then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+end
+local all, live = redis.call('HGETALL', key), {}
+for i = 1, #all, 2 do
+  if tonumber(all[i + 1]) <= now then
+    redis.call('HDEL', key, all[i])
+  else
+    live[#live + 1] = all[i]
+    live[#live + 1] = all[i + 1]
+  end
+end
+return live
+";
+
 const RETAG_SCRIPT: &str = r"
 -- KEYS[1]: one shard's subs hash; KEYS[2]: one topic's member set in that shard.
 -- ARGV[1]: 'add' or 'remove'; then triples: id, the record as read, the record to write.
@@ -181,6 +201,7 @@ pub struct RedisStore {
     max_in_flight: usize,
     outcome_script: Script,
     retag_script: Script,
+    pauses_script: Script,
     ledger_scripts: ledger::Scripts,
     /// Tenants whose recorded shard count this process has already checked.
     checked_tenants: Mutex<HashSet<TenantId>>,
@@ -247,6 +268,7 @@ impl RedisStore {
                 &OUTCOME_SCRIPT.replace("{resolution}", &record::SUCCESS_RESOLUTION_SECS.to_string()),
             ),
             retag_script: Script::new(RETAG_SCRIPT),
+            pauses_script: Script::new(PAUSES_SCRIPT),
             ledger_scripts: ledger::Scripts::new(),
             checked_tenants: Mutex::new(HashSet::new()),
         })
@@ -540,6 +562,23 @@ fn parse_id(bytes: &[u8]) -> Result<SubscriptionId, StoreError> {
 
 fn decode(tenant: &TenantId, id: SubscriptionId, record: &[u8]) -> Result<Subscription, StoreError> {
     record::decode(tenant, id, record).map_err(|source| StoreError::CorruptRecord { id, source })
+}
+
+#[async_trait]
+impl PauseBoard for RedisStore {
+    async fn share_pauses(&self, local: &[OriginPause], now_ms: u64) -> Result<Vec<OriginPause>, StoreError> {
+        let mut invocation = self.pauses_script.prepare_invoke();
+        invocation.key(keys::ORIGIN_PAUSES).arg(now_ms);
+        for pause in local {
+            invocation.arg(&pause.origin).arg(pause.until_ms);
+        }
+        let flat: Vec<(String, u64)> = observe(
+            BACKEND,
+            "share_pauses",
+            async { Ok::<_, StoreError>(invocation.invoke_async(&mut self.connection()).await?) }.await,
+        )?;
+        Ok(flat.into_iter().map(|(origin, until_ms)| OriginPause { origin, until_ms }).collect())
+    }
 }
 
 #[async_trait]

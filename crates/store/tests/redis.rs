@@ -1,5 +1,6 @@
 //! What only the Redis store promises: an unreachable Redis is a clear error, a tenant's shard
-//! count is checked, and cluster keys really spread over the cluster's nodes.
+//! count is checked, cluster keys really spread over the cluster's nodes, and push-service
+//! pauses are shared between processes.
 
 mod common;
 
@@ -7,7 +8,8 @@ use std::time::Duration;
 
 use common::{subscription, unique_tenant};
 use pushfan_store::{
-    RedisConfig, RedisStore, RedisTarget, ShardCount, StoreError, SubscriptionStore, TenantId,
+    OriginPause, PauseBoard, RedisConfig, RedisStore, RedisTarget, ShardCount, StoreError, SubscriptionStore,
+    TenantId,
 };
 
 async fn connect(target: RedisTarget, shards: u16) -> RedisStore {
@@ -68,4 +70,28 @@ async fn cluster_shards_spread_over_nodes() {
     let keys: Vec<String> =
         store.shard_count().all().map(|shard| format!("pf:{{{tenant}|{shard}}}:subs")).collect();
     assert!(nodes_holding(&keys, &urls).await > 1, "all 16 shards on one node");
+}
+
+/// A pause shared by one process reaches the others: the later end wins per origin, and a pause
+/// that has ended is dropped. On a single Redis and on a Redis Cluster.
+#[tokio::test]
+async fn pauses_are_shared_until_they_end() {
+    let targets = [RedisTarget::Single(common::redis_url()), RedisTarget::Cluster(common::cluster_urls())];
+    for target in targets {
+        let (one, other) = (connect(target.clone(), 8).await, connect(target, 8).await);
+        let origin = format!("https://{}.push.example", unique_tenant("pause"));
+        let pause = |until_ms| OriginPause { origin: origin.clone(), until_ms };
+        let now = 1_000_000_u64;
+        let ours =
+            |pauses: Vec<OriginPause>| pauses.into_iter().filter(|p| p.origin == origin).collect::<Vec<_>>();
+
+        assert_eq!(ours(one.share_pauses(&[pause(now + 2_000)], now).await.unwrap()), [pause(now + 2_000)]);
+        // Another process sees it without sharing anything, and an earlier end does not shorten it.
+        assert_eq!(ours(other.share_pauses(&[], now).await.unwrap()), [pause(now + 2_000)]);
+        assert_eq!(ours(other.share_pauses(&[pause(now + 1_000)], now).await.unwrap()), [pause(now + 2_000)]);
+        assert_eq!(ours(other.share_pauses(&[pause(now + 3_000)], now).await.unwrap()), [pause(now + 3_000)]);
+        // Once it has ended it is gone.
+        assert_eq!(ours(one.share_pauses(&[], now + 3_000).await.unwrap()), []);
+        assert_eq!(ours(other.share_pauses(&[], now).await.unwrap()), [], "dropped, not only hidden");
+    }
 }
