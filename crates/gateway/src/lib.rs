@@ -405,6 +405,35 @@ impl Gateway {
         attempt
     }
 
+    /// The origins paused now and when each pause ends (a 429/503 seen here, or a pause learnt
+    /// through [`Gateway::pause_origin`]), for the other delivering processes to hold back too.
+    pub fn paused_origins(&self) -> Vec<(String, SystemTime)> {
+        let (now, system_now) = (Instant::now(), SystemTime::now());
+        let origins = self.inner.origins.lock().unwrap_or_else(|e| e.into_inner());
+        origins
+            .values()
+            .filter_map(|origin| {
+                let until =
+                    self.inner.epoch + Duration::from_millis(origin.paused_until_ms.load(Ordering::Acquire));
+                (until > now).then(|| (origin.name.clone(), system_now + (until - now)))
+            })
+            .collect()
+    }
+
+    /// Pauses `origin` until `until`, as another process's 429/503 asked; a pause that ends
+    /// later stays.
+    pub fn pause_origin(&self, origin: &str, until: SystemTime) {
+        let Ok(left) = until.duration_since(SystemTime::now()) else { return };
+        let until = (Instant::now() + left).duration_since(self.inner.epoch).as_millis() as u64;
+        if self.origin(origin).paused_until_ms.fetch_max(until, Ordering::AcqRel) < until {
+            debug!(
+                origin,
+                pause_ms = left.as_millis() as u64,
+                "another process was throttled; pausing the origin here too"
+            );
+        }
+    }
+
     fn pause(&self, origin: &Origin, pause: Duration) {
         let until = (Instant::now() + pause).duration_since(self.inner.epoch).as_millis() as u64;
         if origin.paused_until_ms.fetch_max(until, Ordering::AcqRel) < until {

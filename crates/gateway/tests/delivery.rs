@@ -101,6 +101,46 @@ async fn send_ready_hands_back_what_has_to_wait_instead_of_waiting() {
     assert_eq!((stats.status(429), stats.status(201), stats.received.exactly_one), (1, 4, 4));
 }
 
+/// A pause one gateway took from a 429 is listed for other processes, and another gateway told
+/// of it holds back that origin as if it had been throttled itself.
+#[tokio::test]
+async fn a_pause_shared_by_another_process_holds_back_the_origin() {
+    let faults = FaultPlan {
+        throttle: Burst { selection: Selection::indices([0]), first: 1 },
+        retry_after_secs: 30,
+        ..FaultPlan::default()
+    };
+    let sim = start(2, false, faults).await;
+    let message = message(3600);
+    let mut pushes = deliveries(&sim, 2).into_iter().map(Pending::from);
+    let (throttled, other) = (gateway(&sim, fast_retries()), gateway(&sim, fast_retries()));
+    assert!(throttled.paused_origins().is_empty() && other.paused_origins().is_empty());
+
+    let (_, waiting) = round(&throttled, &message, vec![pushes.next().unwrap()]).await;
+    assert_eq!(waiting.len(), 1, "subscriber 0 was told to come back in 30 s");
+    let paused = throttled.paused_origins();
+    let origin = sim.population().endpoint(0).unwrap().origin().to_owned();
+    assert_eq!(paused.iter().map(|(o, _)| o.as_str()).collect::<Vec<_>>(), [origin.as_str()]);
+    let until = paused[0].1;
+    assert!(until > std::time::SystemTime::now() + Duration::from_secs(20), "about 30 s from the 429");
+
+    other.pause_origin(&origin, until);
+    let (done, waiting) = round(&other, &message, vec![pushes.next().unwrap()]).await;
+    assert!(done.is_empty(), "{done:?}");
+    assert!(waiting[0].ready_at().unwrap() > tokio::time::Instant::now() + Duration::from_secs(20));
+    assert_eq!(
+        (sim.stats().status(429), sim.stats().status(201)),
+        (1, 0),
+        "nothing was sent to the paused origin"
+    );
+    // A pause that ended, or a shorter one, changes nothing.
+    other.pause_origin(&origin, std::time::SystemTime::now() - Duration::from_secs(1));
+    other.pause_origin(&origin, std::time::SystemTime::now() + Duration::from_secs(1));
+    let listed = other.paused_origins();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].1 > std::time::SystemTime::now() + Duration::from_secs(20));
+}
+
 #[tokio::test]
 async fn nothing_is_retried_past_the_ttl_or_the_attempt_budget() {
     let faults = FaultPlan {
