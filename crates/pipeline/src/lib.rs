@@ -13,6 +13,7 @@
 //! delivers it again; every ledger write is keyed by its step, so repeated work counts once.
 
 pub mod deliverer;
+pub mod pauses;
 pub mod plan;
 pub mod stats;
 pub mod worker;

@@ -9,10 +9,11 @@ use anyhow::{bail, Context};
 use pushfan_bus::{Bus, EmbeddedBus, EmbeddedConfig, KafkaBus, KafkaConfig, TopicNames};
 use pushfan_gateway::{Gateway, GatewayConfig, RetryPolicy};
 use pushfan_ingest::{ApiKeys, IngestState};
-use pushfan_pipeline::{run_roles, Keyring, Pipeline, PipelineConfig, Role};
+use pushfan_pipeline::{pauses, run_roles, HandOff, Keyring, Pipeline, PipelineConfig, Role};
 use pushfan_store::ledger::BroadcastLedger;
 use pushfan_store::{
-    EmbeddedStore, RedisConfig, RedisStore, RedisTarget, ShardCount, SubscriptionStore, TenantId, VapidKeyId,
+    EmbeddedStore, PauseBoard, RedisConfig, RedisStore, RedisTarget, ShardCount, SubscriptionStore, TenantId,
+    VapidKeyId,
 };
 use pushfan_webpush::vapid::{Subject, TokenCache, VapidKey, VapidSigner};
 use pushfan_webpush::{EndpointPolicy, Padding};
@@ -54,10 +55,10 @@ pub(crate) struct Running {
 
 /// Opens everything `config` names and starts `roles`. Returns once the API is listening.
 pub(crate) async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
-    let (store, ledger) = open_store(config).await?;
+    let stores = open_store(config).await?;
     match config.bus.backend {
         BusBackend::Embedded => {
-            start_with(config, roles, EmbeddedBus::new(EmbeddedConfig::default()), store, ledger).await
+            start_with(config, roles, EmbeddedBus::new(EmbeddedConfig::default()), stores).await
         }
         BusBackend::Kafka => {
             let mut kafka = KafkaConfig::new(config.bus.brokers.clone());
@@ -75,7 +76,7 @@ pub(crate) async fn start(config: &Config, roles: Roles) -> anyhow::Result<Runni
                     .await
                     .context("creating the bus topics")?;
             }
-            start_with(config, roles, bus, store, ledger).await
+            start_with(config, roles, bus, stores).await
         }
     }
 }
@@ -84,8 +85,7 @@ async fn start_with<B: Bus>(
     config: &Config,
     roles: Roles,
     bus: B,
-    store: Arc<dyn SubscriptionStore>,
-    ledger: Arc<dyn BroadcastLedger>,
+    Stores { store, ledger, pause_board }: Stores,
 ) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let policy = EndpointPolicy { allow_http_loopback: config.ingest.allow_http_loopback_endpoints };
@@ -128,6 +128,14 @@ async fn start_with<B: Bus>(
                 hand_off: config.worker.hand_off.into(),
             },
         };
+        let delivers = roles.loops.contains(&Role::Deliverer)
+            || (roles.loops.contains(&Role::Encryptor) && pipeline.config.hand_off == HandOff::Direct);
+        if let Some(board) = pause_board.filter(|_| delivers) {
+            let (gateway, stop) = (pipeline.gateway.clone(), shutdown.clone());
+            tasks.spawn(
+                async move { pauses::run(gateway, board, stop).await.context("sharing pauses failed") },
+            );
+        }
         let (stop, loops) = (shutdown.clone(), roles.loops);
         tasks.spawn(async move { run_roles(pipeline, loops, stop).await.context("pipeline failed") });
     }
@@ -145,9 +153,15 @@ async fn start_with<B: Bus>(
     Ok(Running { ingest_addr, shutdown, done })
 }
 
-async fn open_store(
-    config: &Config,
-) -> anyhow::Result<(Arc<dyn SubscriptionStore>, Arc<dyn BroadcastLedger>)> {
+/// The store, its ledger, and (Redis only: one process has nothing to share with) the board
+/// where delivering processes share push-service pauses.
+struct Stores {
+    store: Arc<dyn SubscriptionStore>,
+    ledger: Arc<dyn BroadcastLedger>,
+    pause_board: Option<Arc<dyn PauseBoard>>,
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Stores> {
     let shards = ShardCount::new(config.store.shards)?;
     match config.store.backend {
         StoreBackend::Embedded => {
@@ -157,7 +171,7 @@ async fn open_store(
                 EmbeddedStore::open(&config.store.path, shards)
                     .with_context(|| format!("opening the store in {}", config.store.path.display()))?,
             );
-            Ok((store.clone(), store))
+            Ok(Stores { store: store.clone(), ledger: store, pause_board: None })
         }
         StoreBackend::Redis | StoreBackend::RedisCluster => {
             let target = if config.store.backend == StoreBackend::Redis {
@@ -171,7 +185,7 @@ async fn open_store(
             let store = Arc::new(
                 RedisStore::connect(RedisConfig::new(target, shards)).await.context("connecting to Redis")?,
             );
-            Ok((store.clone(), store))
+            Ok(Stores { store: store.clone(), ledger: store.clone(), pause_board: Some(store) })
         }
     }
 }
