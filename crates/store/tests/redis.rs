@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{subscription, unique_tenant};
 use pushfan_store::{
@@ -73,25 +73,50 @@ async fn cluster_shards_spread_over_nodes() {
 }
 
 /// A pause shared by one process reaches the others: the later end wins per origin, and a pause
-/// that has ended is dropped. On a single Redis and on a Redis Cluster.
+/// that has ended is dropped. On a single Redis and on a Redis Cluster. The board is shared by
+/// every test (and every cluster role) on these servers, so the times are real ones: a caller
+/// with the real time drops only pauses that have really ended.
 #[tokio::test]
 async fn pauses_are_shared_until_they_end() {
     let targets = [RedisTarget::Single(common::redis_url()), RedisTarget::Cluster(common::cluster_urls())];
+    let now = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
     for target in targets {
         let (one, other) = (connect(target.clone(), 8).await, connect(target, 8).await);
-        let origin = format!("https://{}.push.example", unique_tenant("pause"));
-        let pause = |until_ms| OriginPause { origin: origin.clone(), until_ms };
-        let now = 1_000_000_u64;
-        let ours =
-            |pauses: Vec<OriginPause>| pauses.into_iter().filter(|p| p.origin == origin).collect::<Vec<_>>();
+        let [long, brief] =
+            ["long", "brief"].map(|name| format!("https://{name}.{}.push.example", unique_tenant("pause")));
+        let pause = |origin: &str, until_ms| OriginPause { origin: origin.to_owned(), until_ms };
+        let ours = |pauses: Vec<OriginPause>| {
+            let mut ours: Vec<_> =
+                pauses.into_iter().filter(|p| p.origin == long || p.origin == brief).collect();
+            ours.sort_by(|a, b| a.origin.cmp(&b.origin));
+            ours
+        };
+        let start = now();
+        let minute = pause(&long, start + 60_000);
 
-        assert_eq!(ours(one.share_pauses(&[pause(now + 2_000)], now).await.unwrap()), [pause(now + 2_000)]);
+        assert_eq!(
+            ours(one.share_pauses(std::slice::from_ref(&minute), start).await.unwrap()),
+            vec![minute.clone()]
+        );
         // Another process sees it without sharing anything, and an earlier end does not shorten it.
-        assert_eq!(ours(other.share_pauses(&[], now).await.unwrap()), [pause(now + 2_000)]);
-        assert_eq!(ours(other.share_pauses(&[pause(now + 1_000)], now).await.unwrap()), [pause(now + 2_000)]);
-        assert_eq!(ours(other.share_pauses(&[pause(now + 3_000)], now).await.unwrap()), [pause(now + 3_000)]);
-        // Once it has ended it is gone.
-        assert_eq!(ours(one.share_pauses(&[], now + 3_000).await.unwrap()), []);
-        assert_eq!(ours(other.share_pauses(&[], now).await.unwrap()), [], "dropped, not only hidden");
+        assert_eq!(ours(other.share_pauses(&[], start).await.unwrap()), vec![minute.clone()]);
+        let shorter = pause(&long, start + 30_000);
+        assert_eq!(ours(other.share_pauses(&[shorter], start).await.unwrap()), vec![minute.clone()]);
+        let longer = pause(&long, start + 90_000);
+        assert_eq!(
+            ours(other.share_pauses(std::slice::from_ref(&longer), start).await.unwrap()),
+            vec![longer.clone()]
+        );
+
+        // A pause ends: once its time has passed, the next share drops it.
+        let ending = pause(&brief, now() + 200);
+        assert_eq!(
+            ours(one.share_pauses(std::slice::from_ref(&ending), start).await.unwrap()),
+            vec![ending.clone(), longer.clone()]
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(ours(other.share_pauses(&[], now()).await.unwrap()), vec![longer.clone()]);
+        // Dropped, not only hidden: a caller whose clock is behind no longer sees it either.
+        assert_eq!(ours(one.share_pauses(&[], start).await.unwrap()), vec![longer]);
     }
 }
