@@ -424,8 +424,7 @@ impl Gateway {
     /// later stays.
     pub fn pause_origin(&self, origin: &str, until: SystemTime) {
         let Ok(left) = until.duration_since(SystemTime::now()) else { return };
-        let until = (Instant::now() + left).duration_since(self.inner.epoch).as_millis() as u64;
-        if self.origin(origin).paused_until_ms.fetch_max(until, Ordering::AcqRel) < until {
+        if self.extend_pause(&self.origin(origin), left) {
             debug!(
                 origin,
                 pause_ms = left.as_millis() as u64,
@@ -435,11 +434,17 @@ impl Gateway {
     }
 
     fn pause(&self, origin: &Origin, pause: Duration) {
-        let until = (Instant::now() + pause).duration_since(self.inner.epoch).as_millis() as u64;
-        if origin.paused_until_ms.fetch_max(until, Ordering::AcqRel) < until {
+        if self.extend_pause(origin, pause) {
             warn!(origin = %origin.name, pause_ms = pause.as_millis() as u64, "push service throttled us; pausing it");
             metrics::counter!("pushfan_gateway_origin_pauses_total").increment(1);
         }
+    }
+
+    /// Pauses `origin` for `pause` from now unless a pause that ends later holds already;
+    /// whether it did.
+    fn extend_pause(&self, origin: &Origin, pause: Duration) -> bool {
+        let until = (Instant::now() + pause).duration_since(self.inner.epoch).as_millis() as u64;
+        origin.paused_until_ms.fetch_max(until, Ordering::AcqRel) < until
     }
 }
 

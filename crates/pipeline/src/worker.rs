@@ -124,7 +124,7 @@ async fn encrypt_shard<B: Bus>(
         HandOff::Bus => pipeline.bus.max_record_bytes(),
     };
     let page_size = plan::page_size(pipeline.config.page_size, job.payload.len(), padded, max_batch_bytes);
-    let pages = Pages { pipeline, bounds, job: &job, payload: job.payload.clone(), context };
+    let pages = Pages { pipeline, bounds, job: &job, tenant: &tenant, payload: job.payload.clone(), context };
     let checkpoint = pipeline.ledger.load_checkpoint(&tenant, &broadcast, shard).await?;
     // `None`: every page was handed on before, by this job's earlier delivery.
     let (mut cursor, mut page) = checkpoint.map_or((Some(ScanCursor::START), 0), |c| (c.cursor, c.next_page));
@@ -288,6 +288,8 @@ struct Pages<'a, B: Bus> {
     pipeline: &'a Pipeline<B>,
     bounds: &'a DeliveryBounds,
     job: &'a ShardJob,
+    /// The job's tenant, validated.
+    tenant: &'a TenantId,
     payload: Bytes,
     context: &'a MessageContext,
 }
@@ -425,7 +427,6 @@ impl<B: Bus> Pages<'_, B> {
         encrypted: Vec<(Subscription, EncryptedPush)>,
     ) -> Result<DirectBatch, PlanError> {
         let job = self.job;
-        let (tenant, _) = plan::identity(&job.tenant, &job.broadcast_id)?;
         let header = DeliveryResultBatch {
             broadcast_id: job.broadcast_id.clone(),
             tenant: job.tenant.clone(),
@@ -434,8 +435,12 @@ impl<B: Bus> Pages<'_, B> {
             page_counts: Some(page_counts),
             ..DeliveryResultBatch::default()
         };
-        let mut batch =
-            Batch { tenant, header, deliveries: Vec::with_capacity(encrypted.len()), refused: Vec::new() };
+        let mut batch = Batch {
+            tenant: self.tenant.clone(),
+            header,
+            deliveries: Vec::with_capacity(encrypted.len()),
+            refused: Vec::new(),
+        };
         let policy = self.pipeline.config.endpoint_policy;
         for (subscription, push) in encrypted {
             match subscription.endpoint.check(policy) {
@@ -478,8 +483,7 @@ impl<B: Bus> Pages<'_, B> {
         }
         let (expired, live): (Vec<_>, Vec<_>) = subscriptions.into_iter().partition(|s| s.is_expired(now));
         let ids: Vec<_> = expired.iter().map(|s| s.id).collect();
-        let tenant = &expired[0].tenant;
-        let pruned = self.pipeline.store.remove(tenant, &ids).await? as u64;
+        let pruned = self.pipeline.store.remove(self.tenant, &ids).await? as u64;
         metrics::counter!("pushfan_worker_subscriptions_expired_total").increment(ids.len() as u64);
         Ok((live, ids.len() as u64, pruned))
     }

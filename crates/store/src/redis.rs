@@ -83,7 +83,6 @@ end
 return recorded
 ";
 
-/// Compare-and-set of records plus the matching membership change.
 /// `share_pauses`: KEYS[1] the pauses hash; ARGV[1] now (ms); then origin, end (ms) pairs. Keeps
 /// the later end per origin, drops ended pauses, returns the rest as a flat origin, end list.
 const PAUSES_SCRIPT: &str = r"
@@ -104,6 +103,7 @@ end
 return live
 ";
 
+/// Compare-and-set of records plus the matching membership change.
 const RETAG_SCRIPT: &str = r"
 -- KEYS[1]: one shard's subs hash; KEYS[2]: one topic's member set in that shard.
 -- ARGV[1]: 'add' or 'remove'; then triples: id, the record as read, the record to write.
