@@ -318,6 +318,10 @@ async fn exchange(
     let status = response.status().as_u16();
     let retry_after = retry_after(response.headers());
     let mut received = response.into_body();
+    // A 201 ends its stream with its headers: no body to wait for, nothing to allocate.
+    if received.is_end_stream() {
+        return Ok(Answer { status, retry_after, body: Bytes::new() });
+    }
     let mut body = BytesMut::new();
     while let Some(chunk) = received.data().await {
         let chunk = chunk.map_err(|e| Failure::during(&e))?;
