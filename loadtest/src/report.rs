@@ -125,6 +125,12 @@ pub struct CpuReport {
     pub crypto_all_cores_per_push_us: f64,
     /// The threads of that measurement.
     pub all_cores: usize,
+    /// Single-thread encryption of the same payload sampled on a thread of the harness while
+    /// the broadcasts ran (`pushfan_pushsim::cpu::CryptoProbe`), CPU per push: the crypto core
+    /// under the same host noise and shared caches as pushfan's own crypto threads.
+    pub crypto_during_per_push_us: f64,
+    /// How many messages that sampling timed.
+    pub crypto_during_messages: u64,
     /// Per process (in `pushfan_pids` order), CPU seconds over the window by thread name
     /// (numbers dropped; threads that ended meanwhile are missing): `crypto` is the encryption.
     pub thread_groups_per_pid: Vec<BTreeMap<String, f64>>,
@@ -282,6 +288,13 @@ impl Report {
             c.all_cores,
             c.crypto_all_cores_per_push_us,
             opt(c.pushfan_cpu_per_push_us.map(|p| p / c.crypto_all_cores_per_push_us), 2)
+        );
+        let _ = writeln!(
+            s,
+            "               crypto core sampled during the broadcast: {:.1} µs/push ({} messages); ratio to it {}",
+            c.crypto_during_per_push_us,
+            c.crypto_during_messages,
+            opt(c.pushfan_cpu_per_push_us.map(|p| p / c.crypto_during_per_push_us), 2)
         );
         for (pid, groups) in c.pushfan_pids.iter().zip(&c.thread_groups_per_pid) {
             let mut busiest: Vec<_> = groups.iter().filter(|(_, s)| **s >= 0.01).collect();

@@ -156,10 +156,12 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     let cpu_before = pids.iter().map(|&pid| cpu::process_cpu(pid)).collect::<Result<Vec<_>, _>>()?;
     let threads_before = pids.iter().map(|&pid| cpu::threads_by_name(pid)).collect::<Result<Vec<_>, _>>()?;
     let driver_before = cpu::process_cpu(driver_pid)?;
-    let window_start = Instant::now();
     let expected = expected_counts(scenario, &fleet)?;
+    let probe = cpu::CryptoProbe::start(crypto_keys(&fleet), payload.to_vec());
+    let window_start = Instant::now();
     let broadcasts = publish_all(&client, scenario, &collector, &bars, expected.total).await?;
     let window_end = Instant::now();
+    let (crypto_during, crypto_during_messages) = probe.finish();
     let cpu_after = pids.iter().map(|&pid| cpu::process_cpu(pid)).collect::<Result<Vec<_>, _>>()?;
     let threads_after = pids.iter().map(|&pid| cpu::threads_by_name(pid)).collect::<Result<Vec<_>, _>>()?;
     let driver_after = cpu::process_cpu(driver_pid)?;
@@ -183,6 +185,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         crypto_per_push_us_after: crypto_after.as_secs_f64() * 1e6,
         pushfan_over_crypto: pushfan_cpu.map(|c| c * 1e6 / pushes.max(1) as f64 / crypto_us),
         crypto_all_cores_per_push_us: crypto_all_cores.as_secs_f64() * 1e6,
+        crypto_during_per_push_us: crypto_during.as_secs_f64() * 1e6,
+        crypto_during_messages,
         thread_groups_per_pid: threads_before
             .iter()
             .zip(&threads_after)
@@ -254,16 +258,22 @@ fn window_cpu(
 
 /// The crypto core's CPU per push on `threads` threads at once (1: the reference the targets use).
 async fn crypto(fleet: &Fleet, payload: &Bytes, threads: usize) -> Duration {
-    let population = fleet.population().clone();
+    let keys = crypto_keys(fleet);
     let payload = payload.clone();
     // Dedicated threads: the measurement is CPU time, away from the async threads.
     tokio::task::spawn_blocking(move || {
-        let keys: Vec<_> =
-            (0..CRYPTO_MESSAGES.min(256)).map(|i| population.keys(i).subscription_keys().clone()).collect();
         cpu::crypto_core_per_push_parallel(&keys, &payload, CRYPTO_MESSAGES, threads)
     })
     .await
     .expect("the crypto measurement does not panic")
+}
+
+/// The subscribers' keys the crypto core is timed with.
+fn crypto_keys(fleet: &Fleet) -> Vec<pushfan_webpush::SubscriptionKeys> {
+    let population = fleet.population();
+    (0..CRYPTO_MESSAGES.min(256).min(population.count()))
+        .map(|i| population.keys(i).subscription_keys().clone())
+        .collect()
 }
 
 /// Registers every subscriber through `BulkImport`, with its topics.

@@ -4,6 +4,8 @@
 //! harness (pushfan in processes of its own).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pushfan_webpush::{encrypt, Backend, ContentEncoding, Padding, SubscriptionKeys};
@@ -116,6 +118,62 @@ pub fn crypto_core_per_push_parallel(
     total / (share * threads as u64) as u32
 }
 
+/// [`crypto_core_per_push`] sampled on a thread of its own while a broadcast runs:
+/// [`CryptoProbe::MESSAGES`] messages every [`CryptoProbe::EVERY`], after a few untimed ones. The readings before and after
+/// a broadcast miss what the host does meanwhile (on a shared machine the same encryption's cost
+/// moves by a tenth within minutes); sampled alongside, the crypto core meets the same host, the
+/// same clocks and the same shared caches as pushfan's crypto threads. About 1.5% of one core.
+#[derive(Debug)]
+pub struct CryptoProbe {
+    stop: Arc<AtomicBool>,
+    sampler: std::thread::JoinHandle<(Duration, u64)>,
+}
+
+impl CryptoProbe {
+    /// Messages timed per sample.
+    pub const MESSAGES: u64 = 20;
+    /// Messages encrypted untimed before each sample.
+    pub const WARM_UP: u64 = 4;
+    /// Time between samples.
+    pub const EVERY: Duration = Duration::from_millis(100);
+
+    /// Starts sampling; encrypts `payload` for `keys` in turn.
+    ///
+    /// # Panics
+    /// As [`crypto_core_per_push`].
+    pub fn start(keys: Vec<SubscriptionKeys>, payload: Vec<u8>) -> Self {
+        assert!(!keys.is_empty(), "no keys to encrypt for");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let sampler = std::thread::Builder::new()
+            .name("crypto-probe".into())
+            .spawn(move || {
+                let (mut cpu, mut messages) = (Duration::ZERO, 0);
+                // At least one sample, however short the broadcast.
+                loop {
+                    // Untimed: after the pause, the first encryptions refill the caches that
+                    // pushfan's crypto threads, never pausing, keep warm.
+                    crypto_core_per_push(&keys, &payload, Self::WARM_UP);
+                    cpu += crypto_core_per_push(&keys, &payload, Self::MESSAGES) * Self::MESSAGES as u32;
+                    messages += Self::MESSAGES;
+                    if stopped.load(Ordering::Acquire) {
+                        return (cpu, messages);
+                    }
+                    std::thread::sleep(Self::EVERY);
+                }
+            })
+            .expect("a thread can be started");
+        Self { stop, sampler }
+    }
+
+    /// Stops sampling: the mean CPU time per message, and how many messages it is over.
+    pub fn finish(self) -> (Duration, u64) {
+        self.stop.store(true, Ordering::Release);
+        let (cpu, messages) = self.sampler.join().expect("the crypto probe does not panic");
+        (cpu / messages.max(1) as u32, messages)
+    }
+}
+
 fn from_ticks(ticks: u64) -> Duration {
     Duration::from_secs_f64(ticks as f64 / TICKS_PER_SECOND)
 }
@@ -136,6 +194,20 @@ fn parse_stat(stat: &str) -> Option<(&str, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_probe_samples_until_it_is_finished() {
+        let keys = vec![pushfan_webpush::UserAgentKeys::generate(Backend::AwsLc)
+            .unwrap()
+            .subscription_keys()
+            .clone()];
+        let probe = CryptoProbe::start(keys, vec![b'x'; 3072]);
+        std::thread::sleep(CryptoProbe::EVERY * 3);
+        let (per_message, messages) = probe.finish();
+        assert!(messages >= 2 * CryptoProbe::MESSAGES, "sampled again after each pause: {messages}");
+        assert_eq!(messages % CryptoProbe::MESSAGES, 0);
+        assert!(per_message > Duration::ZERO);
+    }
 
     #[test]
     fn stat_lines_with_awkward_names_parse() {
