@@ -119,10 +119,11 @@ pub fn crypto_core_per_push_parallel(
 }
 
 /// [`crypto_core_per_push`] sampled on a thread of its own while a broadcast runs:
-/// [`CryptoProbe::MESSAGES`] messages every [`CryptoProbe::EVERY`], after a few untimed ones. The readings before and after
-/// a broadcast miss what the host does meanwhile (on a shared machine the same encryption's cost
-/// moves by a tenth within minutes); sampled alongside, the crypto core meets the same host, the
-/// same clocks and the same shared caches as pushfan's crypto threads. About 1.5% of one core.
+/// [`CryptoProbe::MESSAGES`] messages every [`CryptoProbe::EVERY`], after a few untimed ones.
+/// Readings taken before and after a broadcast miss what the host does meanwhile (on a shared
+/// machine the same encryption's cost moved by a fifth within one run); sampled alongside, the
+/// crypto core meets the same host, clocks and shared caches as pushfan's crypto threads.
+/// About 1.5% of one core.
 #[derive(Debug)]
 pub struct CryptoProbe {
     stop: Arc<AtomicBool>,
@@ -156,10 +157,11 @@ impl CryptoProbe {
                     crypto_core_per_push(&keys, &payload, Self::WARM_UP);
                     cpu += crypto_core_per_push(&keys, &payload, Self::MESSAGES) * Self::MESSAGES as u32;
                     messages += Self::MESSAGES;
+                    std::thread::sleep(Self::EVERY);
+                    // Checked after the pause, so no sample falls after the broadcast.
                     if stopped.load(Ordering::Acquire) {
                         return (cpu, messages);
                     }
-                    std::thread::sleep(Self::EVERY);
                 }
             })
             .expect("a thread can be started");
