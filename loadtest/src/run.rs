@@ -161,7 +161,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     let window_start = Instant::now();
     let broadcasts = publish_all(&client, scenario, &collector, &bars, expected.total).await?;
     let window_end = Instant::now();
-    let (crypto_during, crypto_during_messages) = probe.finish();
+    let crypto_during = probe.finish();
     let cpu_after = pids.iter().map(|&pid| cpu::process_cpu(pid)).collect::<Result<Vec<_>, _>>()?;
     let threads_after = pids.iter().map(|&pid| cpu::threads_by_name(pid)).collect::<Result<Vec<_>, _>>()?;
     let driver_after = cpu::process_cpu(driver_pid)?;
@@ -185,8 +185,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         crypto_per_push_us_after: crypto_after.as_secs_f64() * 1e6,
         pushfan_over_crypto: pushfan_cpu.map(|c| c * 1e6 / pushes.max(1) as f64 / crypto_us),
         crypto_all_cores_per_push_us: crypto_all_cores.as_secs_f64() * 1e6,
-        crypto_during_per_push_us: crypto_during.as_secs_f64() * 1e6,
-        crypto_during_messages,
+        crypto_during_per_push_us: crypto_during.per_push.as_secs_f64() * 1e6,
+        crypto_during_messages: crypto_during.messages,
         thread_groups_per_pid: threads_before
             .iter()
             .zip(&threads_after)

@@ -127,7 +127,19 @@ pub fn crypto_core_per_push_parallel(
 #[derive(Debug)]
 pub struct CryptoProbe {
     stop: Arc<AtomicBool>,
-    sampler: std::thread::JoinHandle<(Duration, u64)>,
+    sampler: std::thread::JoinHandle<ProbeReading>,
+}
+
+/// What a [`CryptoProbe`] measured.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeReading {
+    /// Mean CPU time per timed message.
+    pub per_push: Duration,
+    /// Messages timed.
+    pub messages: u64,
+    /// All the CPU the probe's thread used, warm-up included: what to take off a process's CPU
+    /// when the probe ran inside it.
+    pub thread_cpu: Duration,
 }
 
 impl CryptoProbe {
@@ -149,6 +161,7 @@ impl CryptoProbe {
         let sampler = std::thread::Builder::new()
             .name("crypto-probe".into())
             .spawn(move || {
+                let started = cpu_time::ThreadTime::now();
                 let (mut cpu, mut messages) = (Duration::ZERO, 0);
                 // At least one sample, however short the broadcast.
                 loop {
@@ -160,7 +173,11 @@ impl CryptoProbe {
                     std::thread::sleep(Self::EVERY);
                     // Checked after the pause, so no sample falls after the broadcast.
                     if stopped.load(Ordering::Acquire) {
-                        return (cpu, messages);
+                        return ProbeReading {
+                            per_push: cpu / messages as u32,
+                            messages,
+                            thread_cpu: started.elapsed(),
+                        };
                     }
                 }
             })
@@ -168,11 +185,10 @@ impl CryptoProbe {
         Self { stop, sampler }
     }
 
-    /// Stops sampling: the mean CPU time per message, and how many messages it is over.
-    pub fn finish(self) -> (Duration, u64) {
+    /// Stops sampling and says what it measured.
+    pub fn finish(self) -> ProbeReading {
         self.stop.store(true, Ordering::Release);
-        let (cpu, messages) = self.sampler.join().expect("the crypto probe does not panic");
-        (cpu / messages.max(1) as u32, messages)
+        self.sampler.join().expect("the crypto probe does not panic")
     }
 }
 
@@ -205,10 +221,13 @@ mod tests {
             .clone()];
         let probe = CryptoProbe::start(keys, vec![b'x'; 3072]);
         std::thread::sleep(CryptoProbe::EVERY * 3);
-        let (per_message, messages) = probe.finish();
+        let reading = probe.finish();
+        let messages = reading.messages;
         assert!(messages >= 2 * CryptoProbe::MESSAGES, "sampled again after each pause: {messages}");
         assert_eq!(messages % CryptoProbe::MESSAGES, 0);
-        assert!(per_message > Duration::ZERO);
+        assert!(reading.per_push > Duration::ZERO);
+        // The warm-up is the thread's too.
+        assert!(reading.thread_cpu > reading.per_push * messages as u32, "{reading:?}");
     }
 
     #[test]
