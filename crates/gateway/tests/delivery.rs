@@ -72,15 +72,19 @@ async fn round(
     (done, waiting)
 }
 
+/// Subscriber `index`'s first push is answered 429 with `Retry-After: retry_after_secs`.
+fn throttled_once(index: u64, retry_after_secs: u32) -> FaultPlan {
+    FaultPlan {
+        throttle: Burst { selection: Selection::indices([index]), first: 1 },
+        retry_after_secs,
+        ..FaultPlan::default()
+    }
+}
+
 #[tokio::test]
 async fn send_ready_hands_back_what_has_to_wait_instead_of_waiting() {
-    let faults = FaultPlan {
-        throttle: Burst { selection: Selection::indices([2]), first: 1 },
-        // Long enough that the second round surely comes before it.
-        retry_after_secs: 2,
-        ..FaultPlan::default()
-    };
-    let sim = start(4, false, faults).await;
+    // Long enough that the second round surely comes before it.
+    let sim = start(4, false, throttled_once(2, 2)).await;
     let gateway = gateway(&sim, fast_retries());
     let message = message(3600);
     let pending = deliveries(&sim, 4).into_iter().map(Pending::from).collect();
@@ -105,12 +109,7 @@ async fn send_ready_hands_back_what_has_to_wait_instead_of_waiting() {
 /// of it holds back that origin as if it had been throttled itself.
 #[tokio::test]
 async fn a_pause_shared_by_another_process_holds_back_the_origin() {
-    let faults = FaultPlan {
-        throttle: Burst { selection: Selection::indices([0]), first: 1 },
-        retry_after_secs: 30,
-        ..FaultPlan::default()
-    };
-    let sim = start(2, false, faults).await;
+    let sim = start(2, false, throttled_once(0, 30)).await;
     let message = message(3600);
     let mut pushes = deliveries(&sim, 2).into_iter().map(Pending::from);
     let (throttled, other) = (gateway(&sim, fast_retries()), gateway(&sim, fast_retries()));
