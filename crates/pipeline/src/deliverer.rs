@@ -21,7 +21,9 @@ use futures::StreamExt;
 use pushfan_bus::messages::{DeliveryBatch, DeliveryResultBatch, Rejection};
 use pushfan_bus::{Bus, MessageContext};
 use pushfan_gateway::{Delivery, FinalOutcome, Message, Pending, Progress, Report};
-use pushfan_store::{DeliveryOutcome, DeliveryResult, SubscriptionId, TenantId, UnixSeconds, VapidKeyId};
+use pushfan_store::{
+    DeliveryOutcome, DeliveryResult, ScanStamp, SubscriptionId, TenantId, UnixSeconds, VapidKeyId,
+};
 use pushfan_webpush::Endpoint;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -214,7 +216,7 @@ async fn deliver_batch<B: Bus>(
     }
     // Only the results' header is needed from here on: the page is held by the deliveries'
     // bodies alone, and a parked batch copies out those it keeps.
-    let batch = Batch { tenant, header: results_header(batch), deliveries, refused };
+    let batch = Batch { tenant, header: results_header(batch), deliveries, refused, scanned: None };
     deliver(pipeline, batch, &message, context, waiter).await
 }
 
@@ -226,6 +228,8 @@ pub(crate) struct Batch {
     pub(crate) deliveries: Vec<Pending<SubscriptionId>>,
     /// Deliveries refused before any was sent (an endpoint the policy forbids), by reason.
     pub(crate) refused: Vec<Rejection>,
+    /// The stamp of the scan that found the batch's subscriptions, when this process scanned.
+    pub(crate) scanned: Option<ScanStamp>,
 }
 
 /// Sends `batch`, prunes the subscriptions found gone, records outcomes and publishes the
@@ -237,7 +241,7 @@ pub(crate) async fn deliver<B: Bus>(
     context: &MessageContext,
     waiter: &mut Waiter,
 ) -> Result<(), PlanError> {
-    let Batch { tenant, header, deliveries, refused } = batch;
+    let Batch { tenant, header, deliveries, refused, scanned } = batch;
     let reports = send_all(pipeline, message, deliveries, waiter).await;
     // A parked batch sent without a place; its store and bus steps take one again, so batches
     // woken by the same pause's end do not all write at once.
@@ -268,7 +272,7 @@ pub(crate) async fn deliver<B: Bus>(
             .collect();
         let now = UnixSeconds::from_system_time(SystemTime::now());
         retrying(groups::DELIVERER, slot, || async {
-            Ok::<_, HandleError>(pipeline.store.record_outcomes(&tenant, &outcomes, now).await?)
+            Ok::<_, HandleError>(pipeline.store.record_outcomes(&tenant, &outcomes, now, scanned).await?)
         })
         .await?;
     }

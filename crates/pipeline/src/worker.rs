@@ -18,7 +18,9 @@ use pushfan_bus::messages::{DeliveryBatch, DeliveryResultBatch, PageCounts, Publ
 use pushfan_bus::{Bus, MessageContext};
 use pushfan_gateway::{Delivery, Message, Pending};
 use pushfan_store::ledger::{BroadcastCounts, BroadcastId, ProgressDelta, ShardCheckpoint};
-use pushfan_store::{ContentEncodings, ScanCursor, ShardId, Subscription, TenantId, UnixSeconds, VapidKeyId};
+use pushfan_store::{
+    ContentEncodings, ScanCursor, ScanStamp, ShardId, Subscription, TenantId, UnixSeconds, VapidKeyId,
+};
 use pushfan_webpush::batch::{encrypt_batch, Recipient};
 use pushfan_webpush::{ContentEncoding, EncryptError, EncryptedPush, Padding, SubscriptionKeys};
 use tokio::sync::Semaphore;
@@ -135,16 +137,16 @@ async fn encrypt_shard<B: Bus>(
     let mut delivering = JoinSet::new();
     let target = plan::job_target(&job)?;
     while let Some(at) = cursor {
-        let subscriptions = match &target {
+        let (subscriptions, scanned) = match &target {
             JobTarget::Subscriptions(ids) => {
                 cursor = None;
                 let found = try_join_all(ids.iter().map(|id| pipeline.store.get(&tenant, *id))).await?;
-                found.into_iter().flatten().collect()
+                (found.into_iter().flatten().collect(), None)
             }
             JobTarget::Audience(audience) => {
                 let scanned = pipeline.store.scan_shard(&tenant, audience, shard, at, page_size).await?;
                 cursor = scanned.next;
-                scanned.subscriptions
+                (scanned.subscriptions, scanned.stamp)
             }
         };
         lock(&window).start(page, ShardCheckpoint { cursor, next_page: page + 1 });
@@ -156,7 +158,7 @@ async fn encrypt_shard<B: Bus>(
             page,
             window: Arc::clone(&window),
         };
-        match pages.hand_on(page, subscriptions).await? {
+        match pages.hand_on(page, subscriptions, scanned).await? {
             HandedOn::Done(delta) => step.record(delta.as_ref(), slot).await?,
             HandedOn::Delivering(batches, delta) => {
                 let (pipeline, context) = (pipeline.clone(), context.clone());
@@ -298,7 +300,12 @@ impl<B: Bus> Pages<'_, B> {
     /// Encrypts page `page` on the rayon pool and hands on one delivery batch per VAPID key: to
     /// the bus, or to this process's gateway (see [`HandOff`]). The page's counts travel with its
     /// batches (see `PageCounts`); only a page that sends nothing is counted in its step.
-    async fn hand_on(&self, page: u32, subscriptions: Vec<Subscription>) -> Result<HandedOn, HandleError> {
+    async fn hand_on(
+        &self,
+        page: u32,
+        subscriptions: Vec<Subscription>,
+        scanned: Option<ScanStamp>,
+    ) -> Result<HandedOn, HandleError> {
         if subscriptions.is_empty() {
             return Ok(HandedOn::Done(None));
         }
@@ -385,7 +392,7 @@ impl<B: Bus> Pages<'_, B> {
             HandOff::Direct => {
                 let mut direct = Vec::new();
                 for (batch_seq, key, counts, encrypted) in batches {
-                    direct.push(self.direct_batch(batch_seq, key, counts, encrypted).await?);
+                    direct.push(self.direct_batch(batch_seq, key, counts, encrypted, scanned).await?);
                 }
                 Ok(HandedOn::Delivering(direct, delta))
             }
@@ -425,6 +432,7 @@ impl<B: Bus> Pages<'_, B> {
         key: VapidKeyId,
         page_counts: PageCounts,
         encrypted: Vec<(Subscription, EncryptedPush)>,
+        scanned: Option<ScanStamp>,
     ) -> Result<DirectBatch, PlanError> {
         let job = self.job;
         let header = DeliveryResultBatch {
@@ -440,6 +448,7 @@ impl<B: Bus> Pages<'_, B> {
             header,
             deliveries: Vec::with_capacity(encrypted.len()),
             refused: Vec::new(),
+            scanned,
         };
         let policy = self.pipeline.config.endpoint_policy;
         for (subscription, push) in encrypted {

@@ -17,8 +17,9 @@ use pushfan_pushsim::{
 };
 use pushfan_store::ledger::{BroadcastId, BroadcastLedger, BroadcastStatus};
 use pushfan_store::{
-    Audience, ContentEncodings, DeliveryOutcome, EmbeddedStore, ScanCursor, ScanPage, ShardCount, ShardId,
-    StoreError, Subscription, SubscriptionId, SubscriptionStore, TenantId, Topic, UnixSeconds, VapidKeyId,
+    Audience, ContentEncodings, DeliveryOutcome, EmbeddedStore, ScanCursor, ScanPage, ScanStamp, ShardCount,
+    ShardId, StoreError, Subscription, SubscriptionId, SubscriptionStore, TenantId, Topic, UnixSeconds,
+    VapidKeyId,
 };
 use pushfan_webpush::vapid::{Subject, TokenCache, VapidKey, VapidSigner};
 use pushfan_webpush::PushSubscription;
@@ -155,9 +156,10 @@ impl SubscriptionStore for FailingStore {
         tenant: &TenantId,
         outcomes: &[DeliveryOutcome],
         at: UnixSeconds,
+        scanned: Option<ScanStamp>,
     ) -> Result<usize, StoreError> {
         StoreFaults::fails(&self.faults.outcomes)?;
-        self.store.record_outcomes(tenant, outcomes, at).await
+        self.store.record_outcomes(tenant, outcomes, at, scanned).await
     }
 
     async fn scan_shard(

@@ -37,8 +37,8 @@ mod telemetry;
 pub use crate::embedded::EmbeddedStore;
 pub use crate::error::StoreError;
 pub use crate::model::{
-    Audience, ContentEncodings, DeliveryOutcome, DeliveryResult, ScanCursor, ScanPage, Subscription,
-    SubscriptionId, TenantId, Topic, UnixSeconds, VapidKeyId,
+    Audience, ContentEncodings, DeliveryOutcome, DeliveryResult, ScanCursor, ScanPage, ScanStamp,
+    Subscription, SubscriptionId, TenantId, Topic, UnixSeconds, VapidKeyId,
 };
 pub use crate::pauses::{OriginPause, PauseBoard};
 pub use crate::record::RecordError;
@@ -87,11 +87,14 @@ pub trait SubscriptionStore: Send + Sync + std::fmt::Debug {
 
     /// Records delivery outcomes at time `at`: a delivery sets the last-success time and clears
     /// the failure count, a failure increments it. Returns how many subscriptions still existed.
+    /// `scanned`: the stamp of the page whose scan returned every one of these subscriptions, if
+    /// one did; a store may use it to skip looking up what the scan already saw.
     async fn record_outcomes(
         &self,
         tenant: &TenantId,
         outcomes: &[DeliveryOutcome],
         at: UnixSeconds,
+        scanned: Option<ScanStamp>,
     ) -> Result<usize, StoreError>;
 
     /// One page of the members of `audience` in `shard`, starting at `cursor`

@@ -387,6 +387,18 @@ pub struct ScanPage {
     pub subscriptions: Vec<Subscription>,
     /// Where to continue; `None` when the shard is done.
     pub next: Option<ScanCursor>,
+    /// What the scan saw, for recording these subscriptions' outcomes more cheaply (see
+    /// [`crate::SubscriptionStore::record_outcomes`]); `None` from stores without the use.
+    pub stamp: Option<ScanStamp>,
+}
+
+/// When a scan read its page, in the terms of the store that made it: the embedded store's
+/// count of deletions, which lets it take a page's subscriptions as still there while nothing
+/// has been deleted since. Meaningful only to the store instance that made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanStamp {
+    pub(crate) store: u64,
+    pub(crate) deletions: u64,
 }
 
 #[cfg(test)]

@@ -55,6 +55,13 @@ const HAS_EXPIRATION: u8 = 0x80;
 /// The outcome header: the version and the two outcome fields, bytes 0-6. The embedded store
 /// keeps an edited copy beside the record rather than rewriting the record.
 pub(crate) const OUTCOME_LEN: usize = ENCODINGS_OFFSET;
+/// An outcome header with nothing recorded yet, for an outcome that sets every field (a
+/// success) where the record's own header was not read.
+pub(crate) const BLANK_OUTCOME: [u8; OUTCOME_LEN] = {
+    let mut header = [0; OUTCOME_LEN];
+    header[0] = VERSION;
+    header
+};
 const CREATED_OFFSET: usize = 8;
 const P256DH_OFFSET: usize = 12;
 const AUTH_OFFSET: usize = 77;

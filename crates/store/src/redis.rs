@@ -34,7 +34,7 @@ use tracing::instrument;
 
 use crate::error::StoreError;
 use crate::model::{
-    Audience, CursorPosition, DeliveryOutcome, DeliveryResult, ScanCursor, ScanPage, Subscription,
+    Audience, CursorPosition, DeliveryOutcome, DeliveryResult, ScanCursor, ScanPage, ScanStamp, Subscription,
     SubscriptionId, TenantId, Topic, UnixSeconds,
 };
 use crate::shard::{ShardCount, ShardId};
@@ -546,7 +546,7 @@ impl RedisStore {
             }
         };
         let next = (next != 0).then_some(ScanCursor(CursorPosition::Redis(next)));
-        Ok(ScanPage { subscriptions, next })
+        Ok(ScanPage { subscriptions, next, stamp: None })
     }
 }
 
@@ -666,6 +666,8 @@ impl SubscriptionStore for RedisStore {
         tenant: &TenantId,
         outcomes: &[DeliveryOutcome],
         at: UnixSeconds,
+        // The script reads each record where it edits it: a stamp would save nothing.
+        _scanned: Option<ScanStamp>,
     ) -> Result<usize, StoreError> {
         let mut groups: ShardGroups<DeliveryOutcome> = ShardGroups::new();
         for outcome in outcomes {

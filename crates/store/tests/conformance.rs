@@ -127,21 +127,21 @@ async fn outcomes_are_recorded_in_batches(store: &dyn SubscriptionStore) {
     let failed = |s: &Subscription| DeliveryOutcome { id: s.id, result: DeliveryResult::Failed };
     let delivered = |s: &Subscription| DeliveryOutcome { id: s.id, result: DeliveryResult::Delivered };
     let failures: Vec<_> = subs.iter().map(failed).collect();
-    assert_eq!(store.record_outcomes(&tenant, &failures, UnixSeconds(10)).await.unwrap(), 50);
-    assert_eq!(store.record_outcomes(&tenant, &failures[..10], UnixSeconds(11)).await.unwrap(), 10);
+    assert_eq!(store.record_outcomes(&tenant, &failures, UnixSeconds(10), None).await.unwrap(), 50);
+    assert_eq!(store.record_outcomes(&tenant, &failures[..10], UnixSeconds(11), None).await.unwrap(), 10);
     let successes: Vec<_> = subs[..5].iter().map(delivered).collect();
-    store.record_outcomes(&tenant, &successes, UnixSeconds(1_800_000_000)).await.unwrap();
+    store.record_outcomes(&tenant, &successes, UnixSeconds(1_800_000_000), None).await.unwrap();
     store.remove(&tenant, &[subs[49].id]).await.unwrap();
     assert_eq!(
-        store.record_outcomes(&tenant, &failures[45..], UnixSeconds(12)).await.unwrap(),
+        store.record_outcomes(&tenant, &failures[45..], UnixSeconds(12), None).await.unwrap(),
         4,
         "removed one"
     );
 
     // Within the resolution a clean subscription's success time stays; a failure resets that.
-    store.record_outcomes(&tenant, &successes[..2], UnixSeconds(1_800_000_100)).await.unwrap();
-    store.record_outcomes(&tenant, &failures[1..2], UnixSeconds(1_800_000_200)).await.unwrap();
-    store.record_outcomes(&tenant, &successes[..2], UnixSeconds(1_800_000_300)).await.unwrap();
+    store.record_outcomes(&tenant, &successes[..2], UnixSeconds(1_800_000_100), None).await.unwrap();
+    store.record_outcomes(&tenant, &failures[1..2], UnixSeconds(1_800_000_200), None).await.unwrap();
+    store.record_outcomes(&tenant, &successes[..2], UnixSeconds(1_800_000_300), None).await.unwrap();
 
     let read = |n: usize| store.get(&tenant, subs[n].id);
     let ok = read(0).await.unwrap().unwrap();
@@ -186,7 +186,7 @@ async fn outcomes_in_any_order_all_count(store: &dyn SubscriptionStore) {
     let strangers = batch(&unique_tenant("stranger"), 5000..5003, &[]);
     calls.extend(strangers.iter().map(|s| failed(s.id)));
     let expected = subs.iter().rev().step_by(97).count() + 4;
-    assert_eq!(store.record_outcomes(&tenant, &calls, UnixSeconds(5)).await.unwrap(), expected);
+    assert_eq!(store.record_outcomes(&tenant, &calls, UnixSeconds(5), None).await.unwrap(), expected);
     let (tenant, subs) = (&tenant, &subs);
     let failures =
         |n: usize| async move { store.get(tenant, subs[n].id).await.unwrap().unwrap().consecutive_failures };
@@ -213,7 +213,7 @@ async fn concurrent_tagging_and_outcomes_lose_nothing(store: &dyn SubscriptionSt
     let topics: Vec<_> = (0..5).map(|n| topic(&format!("t{n}"))).collect();
     let record_failures = async {
         for round in 0..20 {
-            store.record_outcomes(&tenant, &failures, UnixSeconds(round)).await.unwrap();
+            store.record_outcomes(&tenant, &failures, UnixSeconds(round), None).await.unwrap();
         }
     };
     let tag_all = async {
@@ -247,7 +247,7 @@ async fn tenants_are_isolated(store: &dyn SubscriptionStore) {
     assert_eq!(store.tag(&intruder, &all, &topic("x")).await.unwrap(), 0);
     let failures: Vec<_> =
         all.iter().map(|&id| DeliveryOutcome { id, result: DeliveryResult::Failed }).collect();
-    assert_eq!(store.record_outcomes(&intruder, &failures, UnixSeconds(1)).await.unwrap(), 0);
+    assert_eq!(store.record_outcomes(&intruder, &failures, UnixSeconds(1), None).await.unwrap(), 0);
     assert_eq!(scan_ids(store, &owner, &Audience::Everyone).await, ids(&subs));
     assert_eq!(store.get(&owner, all[0]).await.unwrap().unwrap().consecutive_failures, 0);
 }

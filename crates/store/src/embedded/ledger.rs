@@ -2,9 +2,10 @@
 //! [`crate::keys`].
 //!
 //! Every ledger write reads what it builds on (the step marker, the stored counters, the stored
-//! checkpoint) and commits one fsynced batch, all while holding the ledger mutex. That makes each
-//! write atomic on disk (the batch) and free of check-then-act races (the mutex: this process is
-//! the only writer). The ledger has its own mutex rather than the subscription writers' one, so a
+//! checkpoint) and commits one batch, all while holding the ledger mutex. That makes each write
+//! atomic on disk (the batch) and free of check-then-act races (the mutex: this process is the
+//! only writer). Claims and broadcasts are fsynced on commit; progress and checkpoints, written
+//! per page, are bookkeeping, fsynced within a second (see the store's module docs). The ledger has its own mutex rather than the subscription writers' one, so a
 //! large import never stalls progress bookkeeping; the two never touch the same keys. Ledger
 //! writes come per page, not per subscription, so serialising them costs little.
 //!
@@ -138,7 +139,7 @@ impl Inner {
         let counter_prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Count);
         let rejection_prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Rejection);
         let _writer = self.ledger_lock();
-        let mut batch = self.write_batch();
+        let mut batch = self.bookkeeping_batch();
         let mut staged = false;
         if let Some((shard, checkpoint)) = checkpoint {
             staged = self.stage_checkpoint(&mut batch, tenant, broadcast, shard, checkpoint)?;
@@ -177,7 +178,7 @@ impl Inner {
         checkpoint: ShardCheckpoint,
     ) -> Result<bool, StoreError> {
         let _writer = self.ledger_lock();
-        let mut batch = self.write_batch();
+        let mut batch = self.bookkeeping_batch();
         let staged = self.stage_checkpoint(&mut batch, tenant, broadcast, shard, checkpoint)?;
         if staged {
             self.commit_for(batch, tenant, broadcast)?;
