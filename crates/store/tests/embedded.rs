@@ -6,9 +6,10 @@ mod common;
 
 use common::{scan_ids, subscription, topic, unique_tenant};
 use pushfan_store::{
-    Audience, DeliveryOutcome, DeliveryResult, EmbeddedStore, ScanCursor, ShardCount, StoreError,
-    SubscriptionStore, UnixSeconds,
+    Audience, DeliveryOutcome, DeliveryResult, EmbeddedStore, ScanCursor, ScanPage, ShardCount, ShardId,
+    StoreError, Subscription, SubscriptionStore, TenantId, UnixSeconds,
 };
+use tempfile::TempDir;
 
 #[tokio::test]
 async fn a_reopened_store_has_lost_nothing() {
@@ -42,20 +43,29 @@ async fn another_shard_count_is_refused() {
     assert!(matches!(err, StoreError::ShardCountMismatch { stored: 4, configured: 8 }), "{err}");
 }
 
-/// One shard's first page of everyone, with its stamp.
-async fn first_page(store: &EmbeddedStore, tenant: &pushfan_store::TenantId) -> pushfan_store::ScanPage {
-    let page =
-        store.scan_shard(tenant, &Audience::Everyone, pushfan_store::ShardId(0), ScanCursor::START, 1000);
-    page.await.unwrap()
+/// A one-shard store holding `count` new subscriptions of a tenant of its own; keep the
+/// directory for as long as the store.
+async fn one_shard_store(label: &str, count: u32) -> (TempDir, EmbeddedStore, TenantId, Vec<Subscription>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), ShardCount::new(1).unwrap()).unwrap();
+    let tenant = unique_tenant(label);
+    let subs: Vec<_> = (0..count).map(|n| subscription(&tenant, n, &[])).collect();
+    store.import(&subs).await.unwrap();
+    (dir, store, tenant, subs)
+}
+
+/// The shard's first page of everyone, with its stamp.
+async fn first_page(store: &EmbeddedStore, tenant: &TenantId) -> ScanPage {
+    store.scan_shard(tenant, &Audience::Everyone, ShardId(0), ScanCursor::START, 1000).await.unwrap()
+}
+
+fn all_delivered(subs: &[Subscription]) -> Vec<DeliveryOutcome> {
+    subs.iter().map(|s| DeliveryOutcome { id: s.id, result: DeliveryResult::Delivered }).collect()
 }
 
 #[tokio::test]
 async fn outcomes_recorded_with_a_scan_stamp_match_those_recorded_without() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path(), ShardCount::new(1).unwrap()).unwrap();
-    let tenant = unique_tenant("stamped");
-    let subs: Vec<_> = (0..40).map(|n| subscription(&tenant, n, &[])).collect();
-    store.import(&subs).await.unwrap();
+    let (_dir, store, tenant, subs) = one_shard_store("stamped", 40).await;
     let failed = |id| DeliveryOutcome { id, result: DeliveryResult::Failed };
     store
         .record_outcomes(&tenant, &[failed(subs[1].id), failed(subs[3].id)], UnixSeconds(5), None)
@@ -87,18 +97,12 @@ async fn outcomes_recorded_with_a_scan_stamp_match_those_recorded_without() {
 
 #[tokio::test]
 async fn a_deletion_after_the_scan_voids_its_stamp() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path(), ShardCount::new(1).unwrap()).unwrap();
-    let tenant = unique_tenant("voided");
-    let subs: Vec<_> = (0..10).map(|n| subscription(&tenant, n, &[])).collect();
-    store.import(&subs).await.unwrap();
+    let (_dir, store, tenant, subs) = one_shard_store("voided", 10).await;
     let page = first_page(&store, &tenant).await;
     // Gone between the scan and its outcomes (a 410 in another batch, an unsubscribe).
     assert_eq!(store.remove(&tenant, &[subs[4].id]).await.unwrap(), 1);
-    let delivered: Vec<_> =
-        subs.iter().map(|s| DeliveryOutcome { id: s.id, result: DeliveryResult::Delivered }).collect();
     assert_eq!(
-        store.record_outcomes(&tenant, &delivered, UnixSeconds(7), page.stamp).await.unwrap(),
+        store.record_outcomes(&tenant, &all_delivered(&subs), UnixSeconds(7), page.stamp).await.unwrap(),
         9,
         "the removed subscription got an outcome"
     );
@@ -111,19 +115,14 @@ async fn a_deletion_after_the_scan_voids_its_stamp() {
 
 #[tokio::test]
 async fn another_stores_stamp_is_not_taken() {
-    let (dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let shards = ShardCount::new(1).unwrap();
-    let (store, other) = (
-        EmbeddedStore::open(dir.path(), shards).unwrap(),
-        EmbeddedStore::open(other_dir.path(), shards).unwrap(),
-    );
-    let tenant = unique_tenant("foreign");
-    let subs: Vec<_> = (0..3).map(|n| subscription(&tenant, n, &[])).collect();
-    store.import(&subs).await.unwrap();
+    let (_dir, store, tenant, subs) = one_shard_store("foreign", 3).await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = EmbeddedStore::open(other_dir.path(), ShardCount::new(1).unwrap()).unwrap();
     other.import(&subs[..2]).await.unwrap();
     // Both stores have deleted nothing, but only `other`'s own stamp could vouch for its records.
     let stamp = first_page(&store, &tenant).await.stamp;
-    let delivered: Vec<_> =
-        subs.iter().map(|s| DeliveryOutcome { id: s.id, result: DeliveryResult::Delivered }).collect();
-    assert_eq!(other.record_outcomes(&tenant, &delivered, UnixSeconds(7), stamp).await.unwrap(), 2);
+    assert_eq!(
+        other.record_outcomes(&tenant, &all_delivered(&subs), UnixSeconds(7), stamp).await.unwrap(),
+        2
+    );
 }
