@@ -208,7 +208,7 @@ impl Connector {
         let tcp = TcpStream::connect((host, port)).await.map_err(|e| format!("connecting: {e}"))?;
         tcp.set_nodelay(true).map_err(|e| format!("setting TCP_NODELAY: {e}"))?;
         if !tls {
-            return handshake(Coalesced::new(tcp)).await.map(Connected::H2);
+            return handshake(tcp).await.map(Connected::H2);
         }
         let name = match host.parse::<IpAddr>() {
             Ok(ip) => ServerName::from(ip),
@@ -219,7 +219,7 @@ impl Connector {
             .await
             .map_err(|e| format!("TLS handshake: {e}"))?;
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-            handshake(Coalesced::new(stream)).await.map(Connected::H2)
+            handshake(stream).await.map(Connected::H2)
         } else {
             debug!(host, "push service does not speak HTTP/2; using HTTP/1.1");
             Ok(Connected::Http1)
@@ -265,6 +265,7 @@ async fn handshake<T>(io: T) -> Result<Live, TransportError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let (io, turns) = Coalesced::new(io);
     let (sender, connection) = h2::client::Builder::new()
         .initial_window_size(1 << 20)
         .initial_connection_window_size(8 << 20)
@@ -274,7 +275,7 @@ where
     let open = Arc::new(AtomicBool::new(true));
     let driver_open = Arc::clone(&open);
     tokio::spawn(async move {
-        if let Err(error) = connection.await {
+        if let Err(error) = turns.drive(connection).await {
             debug!(%error, "push service connection ended");
         }
         driver_open.store(false, Ordering::Release);
