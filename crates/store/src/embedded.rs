@@ -370,14 +370,7 @@ impl Inner {
                     // A kept header means the record exists (the module's invariant); without
                     // one, the record's own header is where this outcome starts from.
                     _ => {
-                        let head = |stored: fjall::Slice| {
-                            let mut header = [0; record::OUTCOME_LEN];
-                            let stored = stored
-                                .get(..record::OUTCOME_LEN)
-                                .ok_or_else(|| corrupt(record::RecordError::Truncated))?;
-                            header.copy_from_slice(stored);
-                            Ok::<_, StoreError>(header)
-                        };
+                        let head = |stored: fjall::Slice| record::outcome_header(&stored).map_err(corrupt);
                         match kept.value(id)? {
                             Some(header) => Some(head(header)?),
                             // A success sets every field, and the scan vouches that the record

@@ -168,6 +168,11 @@ pub(crate) fn decode(
     })
 }
 
+/// A copy of the outcome header at the front of a record (or of a kept header).
+pub(crate) fn outcome_header(stored: &[u8]) -> Result<[u8; OUTCOME_LEN], RecordError> {
+    Ok(array(stored.get(..OUTCOME_LEN).ok_or(RecordError::Truncated)?))
+}
+
 /// The outcome fields of a record or of its outcome header alone: last success, failures.
 pub(crate) fn outcome(header: &[u8]) -> Result<(Option<UnixSeconds>, u16), RecordError> {
     let header = header.get(..OUTCOME_LEN).ok_or(RecordError::Truncated)?;

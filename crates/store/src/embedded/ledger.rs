@@ -5,16 +5,17 @@
 //! checkpoint) and commits one batch, all while holding the ledger mutex. That makes each write
 //! atomic on disk (the batch) and free of check-then-act races (the mutex: this process is the
 //! only writer). Claims and broadcasts are fsynced on commit; progress and checkpoints, written
-//! per page, are bookkeeping, fsynced within a second (see the store's module docs). The ledger has its own mutex rather than the subscription writers' one, so a
-//! large import never stalls progress bookkeeping; the two never touch the same keys. Ledger
-//! writes come per page, not per subscription, so serialising them costs little.
+//! per page, are bookkeeping, fsynced within a second (see the store's module docs). The ledger
+//! has its own mutex rather than the subscription writers' one, so a large import never stalls
+//! progress bookkeeping; the two never touch the same keys. Ledger writes come per page, not per
+//! subscription, so serialising them costs little.
 //!
 //! Expiry, as on Redis: a broadcast's entries (a few hundred kilobytes for a 1M-subscriber
 //! broadcast, mostly step markers) go [`BROADCAST_RETENTION`] after its last write, which every
 //! write batch records (`LastWrite`); an idempotency claim goes once past its TTL (until then an
 //! expired claim is also overwritten by the next one). Redis expires keys itself; here a sweep
-//! ([`Inner::expire`], hourly on a thread of the store's, the first a minute after open) deletes them, so an expired broadcast
-//! may be readable for up to an hour longer.
+//! ([`Inner::expire`], hourly on the store's upkeep thread, the first a minute after open)
+//! deletes them, so an expired broadcast may be readable for up to an hour longer.
 
 use std::ops::Bound;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
