@@ -1,6 +1,7 @@
 //! The Web Push standards core of pushfan.
 //!
 //! - [`subscription`]: the browser's `PushSubscription`, validated; endpoints redacted in logs.
+//! - [`egress`]: where pushfan may send: address classes and the SSRF policy, as pure functions.
 //! - [`ece`]: RFC 8188 `aes128gcm` content coding.
 //! - [`message`]: RFC 8291 message encryption (and the legacy `aesgcm` draft), padding, and the
 //!   user agent's side for decryption.
@@ -17,6 +18,7 @@ pub mod b64;
 mod backend;
 pub mod batch;
 pub mod ece;
+pub mod egress;
 pub mod message;
 pub mod rfc8030;
 pub mod subscription;
@@ -24,6 +26,7 @@ pub mod vapid;
 
 pub use backend::Backend;
 pub use batch::{encrypt_batch, Recipient};
+pub use egress::{AddressClass, EgressError, EgressPolicy, HostPattern, HostPatternError};
 pub use message::{
     encrypt, AesgcmParams, ContentEncoding, DecryptError, EncryptError, EncryptedPush, Padding, UserAgentKeys,
 };
