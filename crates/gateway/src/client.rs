@@ -25,6 +25,7 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::coalesce::Coalesced;
+use crate::retry::{TransportFailure, TransportKind};
 use crate::GatewayError;
 
 /// A push service's answer, reduced to what [`pushfan_webpush::classify`] needs.
@@ -36,7 +37,7 @@ pub(crate) struct Answer {
 }
 
 /// Why a request got no answer. Never carries the endpoint URL.
-pub(crate) type TransportError = String;
+pub(crate) type TransportError = TransportFailure;
 
 /// How the gateway reaches push services.
 #[derive(Debug)]
@@ -182,7 +183,10 @@ impl Connector {
             return Ok(Connected::Http1);
         }
         match tokio::time::timeout(self.connect_timeout, self.connect(uri)).await {
-            Err(_) => Err(format!("no connection within {:?}", self.connect_timeout)),
+            Err(_) => Err(TransportFailure::new(
+                TransportKind::Timeout,
+                format!("no connection within {:?}", self.connect_timeout),
+            )),
             Ok(Err(error)) => Err(error),
             Ok(Ok(Connected::Http1)) => {
                 origin.http1_only.store(true, Ordering::Relaxed);
@@ -200,24 +204,34 @@ impl Connector {
             Some("https") => true,
             Some("http") if self.plaintext_h2c => false,
             Some("http") => return Ok(Connected::Http1),
-            _ => return Err("the endpoint is neither http nor https".into()),
+            _ => {
+                return Err(TransportFailure::new(
+                    TransportKind::Protocol,
+                    "the endpoint is neither http nor https",
+                ))
+            }
         };
-        let host = uri.host().ok_or("the endpoint has no host")?;
+        let host = uri
+            .host()
+            .ok_or_else(|| TransportFailure::new(TransportKind::Protocol, "the endpoint has no host"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let tcp = TcpStream::connect((host, port)).await.map_err(|e| format!("connecting: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| format!("setting TCP_NODELAY: {e}"))?;
+        let tcp = TcpStream::connect((host, port))
+            .await
+            .map_err(|e| io_failure(TransportKind::Connect, "connecting", &e))?;
+        tcp.set_nodelay(true).map_err(|e| io_failure(TransportKind::Connect, "setting TCP_NODELAY", &e))?;
         if !tls {
             return handshake(tcp).await.map(Connected::H2);
         }
         let name = match host.parse::<IpAddr>() {
             Ok(ip) => ServerName::from(ip),
-            Err(_) => ServerName::try_from(host.to_owned()).map_err(|e| format!("server name: {e}"))?,
+            Err(_) => ServerName::try_from(host.to_owned())
+                .map_err(|e| TransportFailure::new(TransportKind::Tls, format!("server name: {e}")))?,
         };
         let stream = TlsConnector::from(Arc::clone(&self.tls))
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS handshake: {e}"))?;
+            .map_err(|e| tls_failure(&e))?;
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
             handshake(stream).await.map(Connected::H2)
         } else {
@@ -233,7 +247,7 @@ impl Connector {
         } else {
             self.http1_plain.request(request).await
         }
-        .map_err(|e| error_chain(&e))?;
+        .map_err(|e| classify_chain(&e))?;
         let status = response.status().as_u16();
         let retry_after = retry_after(response.headers());
         // Read the body even on success so the connection can be reused.
@@ -271,7 +285,7 @@ where
         .initial_connection_window_size(8 << 20)
         .handshake::<_, Bytes>(io)
         .await
-        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        .map_err(|e| h2_failure(&e))?;
     let open = Arc::new(AtomicBool::new(true));
     let driver_open = Arc::clone(&open);
     tokio::spawn(async move {
@@ -292,11 +306,11 @@ struct Failure {
 impl Failure {
     /// Opening a stream fails only when the connection can take no more.
     fn opening(error: &h2::Error) -> Self {
-        Self { message: error_chain(error), connection_unusable: true }
+        Self { message: h2_failure(error), connection_unusable: true }
     }
 
     fn during(error: &h2::Error) -> Self {
-        Self { message: error_chain(error), connection_unusable: error.is_go_away() || error.is_io() }
+        Self { message: h2_failure(error), connection_unusable: error.is_go_away() || error.is_io() }
     }
 }
 
@@ -340,6 +354,77 @@ async fn exchange(
 fn retry_after(headers: &http::HeaderMap) -> Option<String> {
     headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
+
+/// The class of an I/O error met while connecting as `doing`; `otherwise` when its kind says
+/// nothing more specific.
+fn io_failure(otherwise: TransportKind, doing: &str, error: &std::io::Error) -> TransportFailure {
+    TransportFailure::new(io_kind(error).unwrap_or(otherwise), format!("{doing}: {error}"))
+}
+
+/// What an I/O error's kind says about its class, if anything.
+fn io_kind(error: &std::io::Error) -> Option<TransportKind> {
+    use std::io::ErrorKind::*;
+    match error.kind() {
+        TimedOut => Some(TransportKind::Timeout),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => Some(TransportKind::Reset),
+        ConnectionRefused | NotConnected | AddrNotAvailable | AddrInUse => Some(TransportKind::Connect),
+        _ => None,
+    }
+}
+
+/// A failed TLS handshake: rustls' own errors are TLS; a connection dropped mid-handshake is
+/// a reset.
+fn tls_failure(error: &std::io::Error) -> TransportFailure {
+    let is_rustls = error.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
+    let kind = if is_rustls { TransportKind::Tls } else { io_kind(error).unwrap_or(TransportKind::Tls) };
+    TransportFailure::new(kind, format!("TLS handshake: {}", error_chain(error)))
+}
+
+/// An HTTP/2 failure: the connection going away (GOAWAY, RST_STREAM, I/O) is a reset, anything
+/// else a protocol error.
+fn h2_failure(error: &h2::Error) -> TransportFailure {
+    let kind = if error.is_go_away() || error.is_reset() || error.is_io() {
+        error.get_io().and_then(io_kind).unwrap_or(TransportKind::Reset)
+    } else {
+        TransportKind::Protocol
+    };
+    TransportFailure::new(kind, error_chain(error))
+}
+
+/// The class of an error from hyper's HTTP/1.1 client, found in its causes: an egress refusal,
+/// a TLS error, a name that did not resolve, or an I/O error's kind.
+fn classify_chain(error: &hyper_util::client::legacy::Error) -> TransportFailure {
+    let mut kind = None;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<Refused>() {
+            return refused.0.clone();
+        }
+        if cause.is::<rustls::Error>() {
+            kind = Some(TransportKind::Tls);
+        } else if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            kind = kind.or_else(|| io_kind(io));
+        } else if cause.downcast_ref::<hyper::Error>().is_some_and(|e| e.is_parse() || e.is_user()) {
+            kind = kind.or(Some(TransportKind::Protocol));
+        }
+        source = cause.source();
+    }
+    let kind = kind.unwrap_or(if error.is_connect() { TransportKind::Connect } else { TransportKind::Reset });
+    TransportFailure::new(kind, error_chain(error))
+}
+
+/// A connect-time failure carried through hyper's connector as an error source, so that its
+/// class survives hyper's wrapping.
+#[derive(Debug)]
+pub(crate) struct Refused(pub(crate) TransportFailure);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// The error and its causes, without the request URI (neither hyper's nor h2's errors carry
 /// it, and nothing here adds it).

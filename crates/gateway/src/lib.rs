@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-pub use retry::{Attempt, FinalOutcome, Next, RetryPolicy};
+pub use retry::{Attempt, FinalOutcome, Next, RetryPolicy, TransportFailure, TransportKind};
 
 /// Error bodies longer than this are cut: enough for any push service's reason.
 const MAX_ERROR_BODY: usize = 4096;
@@ -388,7 +388,7 @@ impl Gateway {
         let request = build_request(&delivery.endpoint, &delivery.push, &message.options, ttl, &token);
         let exchange = async {
             let answer = self.inner.connector.send(&origin.connections, request).await?;
-            Ok::<_, String>(classify(
+            Ok::<_, TransportFailure>(classify(
                 answer.status,
                 answer.retry_after.as_deref(),
                 &answer.body,
@@ -399,7 +399,10 @@ impl Gateway {
         let attempt = match tokio::time::timeout(self.inner.config.request_timeout, exchange).await {
             Ok(Ok(outcome)) => Attempt::Response(outcome),
             Ok(Err(error)) => Attempt::Transport(error),
-            Err(_) => Attempt::Transport(format!("no answer within {:?}", self.inner.config.request_timeout)),
+            Err(_) => Attempt::Transport(TransportFailure::new(
+                TransportKind::Timeout,
+                format!("no answer within {:?}", self.inner.config.request_timeout),
+            )),
         };
         origin.metrics.request_seconds.record(started.elapsed().as_secs_f64());
         attempt

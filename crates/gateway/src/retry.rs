@@ -9,13 +9,87 @@ use std::time::{Duration, SystemTime};
 
 use pushfan_webpush::PushOutcome;
 
+/// Why a request got no answer from the push service, as a small fixed set: metrics and
+/// statistics label by it, so it never grows with what a network or a push service does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// The TCP connection could not be opened (refused, unreachable).
+    Connect,
+    /// The push service's host name did not resolve.
+    Dns,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// No connection or no answer in time.
+    Timeout,
+    /// The connection was reset or closed under the request (GOAWAY, RST_STREAM, EOF).
+    Reset,
+    /// The egress policy refuses every address the host resolves to (loopback, private,
+    /// link-local...): another try cannot help.
+    RefusedByPolicy,
+    /// The push service broke HTTP (a malformed frame or response).
+    Protocol,
+}
+
+impl TransportKind {
+    /// Every value [`TransportKind::label`] gives.
+    pub const LABELS: [&'static str; 7] =
+        ["connect", "dns", "tls", "timeout", "reset", "refused_by_policy", "protocol"];
+
+    /// A short label for metrics, logs and statistics.
+    pub fn label(self) -> &'static str {
+        match self {
+            TransportKind::Connect => "connect",
+            TransportKind::Dns => "dns",
+            TransportKind::Tls => "tls",
+            TransportKind::Timeout => "timeout",
+            TransportKind::Reset => "reset",
+            TransportKind::RefusedByPolicy => "refused_by_policy",
+            TransportKind::Protocol => "protocol",
+        }
+    }
+}
+
+/// Why a request got no answer: its class and a short detail. The detail is bounded
+/// ([`TransportFailure::MAX_DETAIL`]) and never carries the endpoint URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportFailure {
+    /// The class.
+    pub kind: TransportKind,
+    /// What the network stack said, cut at [`TransportFailure::MAX_DETAIL`] bytes.
+    pub detail: String,
+}
+
+impl TransportFailure {
+    /// Details longer than this are cut: error chains can quote what a server sent.
+    pub const MAX_DETAIL: usize = 200;
+
+    /// A failure of class `kind`; `detail` is cut to [`TransportFailure::MAX_DETAIL`] bytes.
+    pub fn new(kind: TransportKind, detail: impl Into<String>) -> Self {
+        let mut detail = detail.into();
+        if detail.len() > Self::MAX_DETAIL {
+            let mut end = Self::MAX_DETAIL;
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            detail.truncate(end);
+        }
+        Self { kind, detail }
+    }
+}
+
+impl std::fmt::Display for TransportFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.label(), self.detail)
+    }
+}
+
 /// What one attempt ended with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Attempt {
     /// The push service answered.
     Response(PushOutcome),
-    /// No answer: connect failure, reset, or timeout. Always worth another try.
-    Transport(String),
+    /// No answer. Worth another try, except when the egress policy refused the address.
+    Transport(TransportFailure),
 }
 
 /// How a delivery ended, as the statistics count it.
@@ -27,16 +101,19 @@ pub enum FinalOutcome {
     Gone,
     /// The push service refused the message (400/401/403/413, other 4xx), with its reason.
     Rejected { status: u16, reason: String },
-    /// Every attempt failed with a transient error; the last one is kept, and whether it was
-    /// the push service throttling us.
-    FailedAfterRetries { attempts: u32, last: String, throttled: bool },
+    /// Every attempt failed with a transient error; the last one is kept, whether it was
+    /// the push service throttling us, and its transport class when there was no answer.
+    FailedAfterRetries { attempts: u32, last: String, throttled: bool, transport: Option<TransportKind> },
     /// The message's TTL ran out before a push service took it.
     Expired,
+    /// The egress policy refuses every address the endpoint's host resolves to: never sent,
+    /// never retried. The subscription is worth pruning.
+    Refused { reason: String },
 }
 
 impl FinalOutcome {
     /// Every value [`FinalOutcome::label`] gives.
-    pub const LABELS: [&'static str; 5] = ["accepted", "gone", "rejected", "failed", "expired"];
+    pub const LABELS: [&'static str; 6] = ["accepted", "gone", "rejected", "failed", "expired", "refused"];
 
     /// A short label for metrics and statistics.
     pub fn label(&self) -> &'static str {
@@ -46,6 +123,7 @@ impl FinalOutcome {
             FinalOutcome::Rejected { .. } => "rejected",
             FinalOutcome::FailedAfterRetries { .. } => "failed",
             FinalOutcome::Expired => "expired",
+            FinalOutcome::Refused { .. } => "refused",
         }
     }
 }
@@ -94,7 +172,7 @@ impl RetryPolicy {
         expires_at: SystemTime,
         jitter: f64,
     ) -> Next {
-        let (delay, pause_origin, last) = match &attempt {
+        let (delay, pause_origin, last, transport) = match &attempt {
             Attempt::Response(outcome) => match outcome.clone() {
                 PushOutcome::Accepted => return Next::Finish(FinalOutcome::Accepted),
                 PushOutcome::Gone { .. } => return Next::Finish(FinalOutcome::Gone),
@@ -111,17 +189,23 @@ impl RetryPolicy {
                     let pause = retry_after.unwrap_or(self.default_throttle).min(self.max_delay);
                     // Waiting out the pause is the backoff; a little jitter keeps the
                     // deliveries that were paused together from returning together.
-                    (pause + self.jittered(attempts, jitter) / 4, Some(pause), format!("HTTP {status}"))
+                    let delay = pause + self.jittered(attempts, jitter) / 4;
+                    (delay, Some(pause), format!("HTTP {status}"), None)
                 }
                 PushOutcome::Retryable { status } => {
-                    (self.jittered(attempts, jitter), None, format!("HTTP {status}"))
+                    (self.jittered(attempts, jitter), None, format!("HTTP {status}"), None)
                 }
             },
-            Attempt::Transport(error) => (self.jittered(attempts, jitter), None, error.clone()),
+            Attempt::Transport(failure) if failure.kind == TransportKind::RefusedByPolicy => {
+                return Next::Finish(FinalOutcome::Refused { reason: failure.detail.clone() })
+            }
+            Attempt::Transport(failure) => {
+                (self.jittered(attempts, jitter), None, failure.to_string(), Some(failure.kind))
+            }
         };
         if attempts >= self.max_attempts {
             let throttled = matches!(attempt, Attempt::Response(PushOutcome::Throttled { .. }));
-            return Next::Finish(FinalOutcome::FailedAfterRetries { attempts, last, throttled });
+            return Next::Finish(FinalOutcome::FailedAfterRetries { attempts, last, throttled, transport });
         }
         if now + delay >= expires_at {
             return Next::Finish(FinalOutcome::Expired);
@@ -147,8 +231,14 @@ mod tests {
             FinalOutcome::Accepted,
             FinalOutcome::Gone,
             FinalOutcome::Rejected { status: 400, reason: String::new() },
-            FinalOutcome::FailedAfterRetries { attempts: 1, last: String::new(), throttled: false },
+            FinalOutcome::FailedAfterRetries {
+                attempts: 1,
+                last: String::new(),
+                throttled: false,
+                transport: None,
+            },
             FinalOutcome::Expired,
+            FinalOutcome::Refused { reason: String::new() },
         ];
         assert_eq!(outcomes.map(|o| o.label()), FinalOutcome::LABELS);
     }
@@ -214,14 +304,41 @@ mod tests {
             long.next(error(), 40, NOW, far(), 1.0),
             Next::Retry { delay: Duration::from_secs(60), pause_origin: None }
         );
+        let reset = || Attempt::Transport(TransportFailure::new(TransportKind::Reset, "connection reset"));
         assert_eq!(
-            p.next(Attempt::Transport("connection reset".into()), 6, NOW, far(), 0.3),
+            p.next(reset(), 5, NOW, far(), 1.0),
+            Next::Retry { delay: Duration::from_secs(4), pause_origin: None }
+        );
+        assert_eq!(
+            p.next(reset(), 6, NOW, far(), 0.3),
             Next::Finish(FinalOutcome::FailedAfterRetries {
                 attempts: 6,
-                last: "connection reset".into(),
-                throttled: false
+                last: "reset: connection reset".into(),
+                throttled: false,
+                transport: Some(TransportKind::Reset),
             })
         );
+    }
+
+    #[test]
+    fn a_refusal_by_the_egress_policy_finishes_at_once() {
+        let refused = Attempt::Transport(TransportFailure::new(
+            TransportKind::RefusedByPolicy,
+            "every address is loopback",
+        ));
+        assert_eq!(
+            policy().next(refused, 1, NOW, far(), 0.5),
+            Next::Finish(FinalOutcome::Refused { reason: "every address is loopback".into() })
+        );
+    }
+
+    #[test]
+    fn transport_labels_list_every_kind_and_details_are_bounded() {
+        use TransportKind::*;
+        let kinds = [Connect, Dns, Tls, Timeout, Reset, RefusedByPolicy, Protocol];
+        assert_eq!(kinds.map(TransportKind::label), TransportKind::LABELS);
+        let long = TransportFailure::new(Connect, "é".repeat(1000));
+        assert!(long.detail.len() <= TransportFailure::MAX_DETAIL && !long.detail.is_empty());
     }
 
     #[test]

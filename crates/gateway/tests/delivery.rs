@@ -155,7 +155,12 @@ async fn nothing_is_retried_past_the_ttl_or_the_attempt_budget() {
     let reports = send(&gateway, &message(3600), deliveries(&sim, 2)).await;
     assert_eq!(
         reports[1].outcome,
-        FinalOutcome::FailedAfterRetries { attempts: 3, last: "HTTP 500".into(), throttled: false }
+        FinalOutcome::FailedAfterRetries {
+            attempts: 3,
+            last: "HTTP 500".into(),
+            throttled: false,
+            transport: None
+        }
     );
     assert_eq!(sim.stats().status(500), 1 + 3 + 3);
 }

@@ -265,7 +265,9 @@ pub(crate) async fn deliver<B: Bus>(
                 let result = match report.outcome {
                     FinalOutcome::Accepted => DeliveryResult::Delivered,
                     FinalOutcome::FailedAfterRetries { .. } | FinalOutcome::Expired => DeliveryResult::Failed,
-                    FinalOutcome::Gone | FinalOutcome::Rejected { .. } => return None,
+                    FinalOutcome::Gone | FinalOutcome::Rejected { .. } | FinalOutcome::Refused { .. } => {
+                        return None
+                    }
                 };
                 Some(DeliveryOutcome { id: report.tag, result })
             })

@@ -184,6 +184,10 @@ pub fn tally(reports: &[Report<SubscriptionId>]) -> (OutcomeCounts, Vec<Subscrip
             FinalOutcome::FailedAfterRetries { throttled: true, .. } => counts.rate_limited += 1,
             FinalOutcome::FailedAfterRetries { .. } => counts.failed += 1,
             FinalOutcome::Expired => counts.expired += 1,
+            FinalOutcome::Refused { reason } => {
+                counts.rejected += 1;
+                add_rejection(&mut rejections, 0, reason, 1);
+            }
         }
     }
     (counts, gone, rejections)
@@ -400,11 +404,21 @@ mod tests {
             report(4, rejected()),
             report(
                 5,
-                FinalOutcome::FailedAfterRetries { attempts: 6, last: "HTTP 429".into(), throttled: true },
+                FinalOutcome::FailedAfterRetries {
+                    attempts: 6,
+                    last: "HTTP 429".into(),
+                    throttled: true,
+                    transport: None,
+                },
             ),
             report(
                 6,
-                FinalOutcome::FailedAfterRetries { attempts: 6, last: "reset".into(), throttled: false },
+                FinalOutcome::FailedAfterRetries {
+                    attempts: 6,
+                    last: "reset".into(),
+                    throttled: false,
+                    transport: Some(pushfan_gateway::TransportKind::Reset),
+                },
             ),
             report(7, FinalOutcome::Expired),
         ];
