@@ -75,8 +75,12 @@ impl ApiKeys {
 
     /// The tenant whose key the request's `authorization: Bearer <key>` metadata carries.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<TenantId, IngestError> {
-        let value = metadata.get("authorization").ok_or(IngestError::Unauthenticated)?;
-        let value = value.to_str().map_err(|_| IngestError::Unauthenticated)?;
+        self.authenticate_header(metadata.get("authorization").and_then(|value| value.to_str().ok()))
+    }
+
+    /// The tenant whose key an `authorization` header value (`Bearer <key>`) carries.
+    pub fn authenticate_header(&self, value: Option<&str>) -> Result<TenantId, IngestError> {
+        let value = value.ok_or(IngestError::Unauthenticated)?;
         // RFC 7235: the scheme name is case-insensitive.
         let (scheme, key) = value.split_once(' ').ok_or(IngestError::Unauthenticated)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
@@ -92,6 +96,11 @@ impl ApiKeys {
             }
         }
         found.cloned().ok_or(IngestError::Unauthenticated)
+    }
+
+    /// Every tenant that has a key.
+    pub fn tenants(&self) -> impl Iterator<Item = &TenantId> {
+        self.entries.iter().map(|(_, tenant)| tenant)
     }
 }
 

@@ -120,7 +120,7 @@ impl<B: Bus> BroadcastService for BroadcastApi<B> {
         request: Request<GetBroadcastRequest>,
     ) -> Result<Response<GetBroadcastResponse>, Status> {
         observe("GetBroadcast", async {
-            let tenant = self.state.authenticate(request.metadata())?;
+            let tenant = self.state.tenant(&request)?;
             let id = broadcast_id(&request.get_ref().broadcast_id)?;
             let status = self.state.ledger.status(&tenant, &id).await?.ok_or_else(|| not_found(&id))?;
             Ok(Response::new(GetBroadcastResponse {
@@ -137,7 +137,7 @@ impl<B: Bus> BroadcastService for BroadcastApi<B> {
         request: Request<WatchBroadcastRequest>,
     ) -> Result<Response<Self::WatchBroadcastStream>, Status> {
         observe("WatchBroadcast", async {
-            let tenant = self.state.authenticate(request.metadata())?;
+            let tenant = self.state.tenant(&request)?;
             let id = broadcast_id(&request.get_ref().broadcast_id)?;
             let watch = Watch {
                 state: self.state.clone(),

@@ -124,7 +124,7 @@ impl<B: Bus> PublishApi<B> {
 impl<B: Bus> PublishService for PublishApi<B> {
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
         observe("Publish", async {
-            let tenant = self.state.authenticate(request.metadata())?;
+            let tenant = self.state.tenant(&request)?;
             if let Some(key) = request.get_ref().vapid_key_id {
                 self.state.check_vapid_key("vapid_key_id", key)?;
             }

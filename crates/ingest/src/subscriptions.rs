@@ -56,7 +56,7 @@ impl<B: Bus> SubscriptionService for SubscriptionApi<B> {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<SubscribeResponse>, Status> {
         observe("Subscribe", async {
-            let tenant = self.state.authenticate(request.metadata())?;
+            let tenant = self.state.tenant(&request)?;
             let subscription =
                 convert::subscription(request.into_inner(), &tenant, self.state.policy, std::time::SystemTime::now())?;
             self.state.check_vapid_key("vapid_key_id", subscription.vapid_key.0)?;
@@ -72,7 +72,7 @@ impl<B: Bus> SubscriptionService for SubscriptionApi<B> {
         request: Request<UnsubscribeRequest>,
     ) -> Result<Response<UnsubscribeResponse>, Status> {
         observe("Unsubscribe", async {
-            let tenant = self.state.authenticate(request.metadata())?;
+            let tenant = self.state.tenant(&request)?;
             let id = convert::subscription_id("subscription_id", &request.get_ref().subscription_id)?;
             let removed = self.store().remove(&tenant, &[id]).await?;
             Ok(Response::new(UnsubscribeResponse { existed: removed > 0 }))
@@ -85,7 +85,7 @@ impl<B: Bus> SubscriptionService for SubscriptionApi<B> {
         request: Request<GetSubscriptionRequest>,
     ) -> Result<Response<GetSubscriptionResponse>, Status> {
         observe("GetSubscription", async {
-            let tenant = self.state.authenticate(request.metadata())?;
+            let tenant = self.state.tenant(&request)?;
             let hex = &request.get_ref().subscription_id;
             let id = convert::subscription_id("subscription_id", hex)?;
             let subscription = self
@@ -105,7 +105,7 @@ impl<B: Bus> SubscriptionService for SubscriptionApi<B> {
         request: Request<ListSubscriptionsRequest>,
     ) -> Result<Response<ListSubscriptionsResponse>, Status> {
         observe("ListSubscriptions", async {
-            let tenant = self.state.authenticate(request.metadata())?;
+            let tenant = self.state.tenant(&request)?;
             let request = request.into_inner();
             let page_size = match usize::try_from(request.page_size).unwrap_or(usize::MAX) {
                 0 => DEFAULT_PAGE_SIZE,
@@ -165,7 +165,7 @@ impl<B: Bus> SubscriptionService for SubscriptionApi<B> {
         request: Request<TagSubscriptionsRequest>,
     ) -> Result<Response<TagSubscriptionsResponse>, Status> {
         observe("TagSubscriptions", async {
-            let tenant = self.state.authenticate(request.metadata())?;
+            let tenant = self.state.tenant(&request)?;
             let request = request.into_inner();
             let ids = convert::subscription_ids("subscription_ids", &request.subscription_ids)?;
             let topic = convert::topic("topic", &request.topic)?;
@@ -180,7 +180,7 @@ impl<B: Bus> SubscriptionService for SubscriptionApi<B> {
         request: Request<UntagSubscriptionsRequest>,
     ) -> Result<Response<UntagSubscriptionsResponse>, Status> {
         observe("UntagSubscriptions", async {
-            let tenant = self.state.authenticate(request.metadata())?;
+            let tenant = self.state.tenant(&request)?;
             let request = request.into_inner();
             let ids = convert::subscription_ids("subscription_ids", &request.subscription_ids)?;
             let topic = convert::topic("topic", &request.topic)?;
@@ -195,7 +195,7 @@ impl<B: Bus> SubscriptionService for SubscriptionApi<B> {
         request: Request<Streaming<BulkImportRequest>>,
     ) -> Result<Response<BulkImportResponse>, Status> {
         observe("BulkImport", async {
-            let tenant = self.state.authenticate(request.metadata())?;
+            let tenant = self.state.tenant(&request)?;
             let mut stream = request.into_inner();
             let mut response = BulkImportResponse::default();
             let mut batch: Vec<Subscription> = Vec::with_capacity(IMPORT_BATCH);

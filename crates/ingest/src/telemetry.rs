@@ -42,3 +42,9 @@ pub(crate) async fn observe<T>(
 pub(crate) fn record_tenant(tenant: &TenantId) {
     tracing::Span::current().record("tenant", tenant.as_str());
 }
+
+/// Counts a request the gate refused before its handler ran, under the same metric as the
+/// handlers' answers.
+pub(crate) fn count_refusal(method: &'static str, code: Code) {
+    counter!("pushfan_ingest_requests_total", "method" => method, "code" => code_label(code)).increment(1);
+}
