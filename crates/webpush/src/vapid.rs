@@ -272,16 +272,39 @@ impl VapidSigner {
 
 /// One token per push-service origin for one [`VapidSigner`], signed again when less than half
 /// of its validity remains (so a token in flight is never close to expiry).
+///
+/// Origins are whatever hosts subscribers registered, so the cache is bounded: when a new
+/// origin finds it full, the tokens past their half-life (which would be signed again anyway)
+/// are dropped, and if that frees nothing, the one that expires first.
 #[derive(Debug)]
 pub struct TokenCache {
     signer: VapidSigner,
     tokens: RwLock<HashMap<String, Arc<VapidToken>>>,
+    capacity: usize,
 }
 
 impl TokenCache {
-    /// An empty cache for `signer`.
+    /// Origins a cache holds tokens for unless told otherwise.
+    pub const DEFAULT_CAPACITY: usize = 10_000;
+
+    /// An empty cache for `signer`, holding at most [`TokenCache::DEFAULT_CAPACITY`] tokens.
     pub fn new(signer: VapidSigner) -> Self {
-        Self { signer, tokens: RwLock::default() }
+        Self::with_capacity(signer, Self::DEFAULT_CAPACITY)
+    }
+
+    /// An empty cache for `signer`, holding at most `capacity` tokens (at least one).
+    pub fn with_capacity(signer: VapidSigner, capacity: usize) -> Self {
+        Self { signer, tokens: RwLock::default(), capacity: capacity.max(1) }
+    }
+
+    /// Tokens held now.
+    pub fn len(&self) -> usize {
+        self.tokens.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no token is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The signer behind the cache.
@@ -304,6 +327,19 @@ impl TokenCache {
             Some(token) if is_fresh(token) => Arc::clone(token),
             _ => {
                 let token = Arc::new(self.signer.sign(origin, now_unix));
+                if tokens.len() >= self.capacity && !tokens.contains_key(origin) {
+                    // Runs only when a new origin meets a full cache: a scan, no per-push cost.
+                    tokens.retain(|_, token| is_fresh(token));
+                    if tokens.len() >= self.capacity {
+                        let first_to_expire = tokens
+                            .iter()
+                            .min_by_key(|(_, token)| token.expires_at)
+                            .map(|(origin, _)| origin.clone());
+                        if let Some(first) = first_to_expire {
+                            tokens.remove(&first);
+                        }
+                    }
+                }
                 tokens.insert(origin.to_owned(), Arc::clone(&token));
                 token
             }
@@ -476,6 +512,34 @@ mod tests {
         assert!(signer().with_validity(MAX_VALIDITY).is_ok());
         let too_long = MAX_VALIDITY + Duration::from_secs(1);
         assert_eq!(signer().with_validity(too_long).unwrap_err(), VapidError::Validity(too_long));
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_lets_stale_tokens_go_first() {
+        let cache = TokenCache::with_capacity(signer().with_validity(Duration::from_secs(3600)).unwrap(), 3);
+        let origin = |i: u64| format!("https://push{i}.example.com");
+        for i in 0..3 {
+            cache.token(&origin(i), NOW + i);
+        }
+        assert_eq!(cache.len(), 3);
+        // Full, all fresh: the first to expire (origin 0) makes room.
+        cache.token(&origin(3), NOW + 3);
+        assert_eq!(cache.len(), 3);
+        let kept = cache.token(&origin(1), NOW + 4);
+        assert_eq!(kept.expires_at, NOW + 1 + 3600, "origin 1 was kept, not signed again");
+        // Past the half-life every token held is stale: all of them go at once for a new origin.
+        let later = NOW + 4 + 1800;
+        cache.token(&origin(4), later);
+        assert_eq!(cache.len(), 1);
+        // A thousand origins through a cache of three: never more than three held.
+        for i in 10..1010 {
+            cache.token(&origin(i), later);
+            assert!(cache.len() <= 3);
+        }
+        // Signing again for an origin already held does not evict anything.
+        let renewed = cache.token(&origin(1009), later + 1800);
+        assert_eq!(renewed.expires_at, later + 1800 + 3600);
+        assert_eq!(cache.len(), 3);
     }
 
     #[test]
