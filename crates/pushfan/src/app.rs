@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use pushfan_bus::{Bus, EmbeddedBus, EmbeddedConfig, KafkaBus, KafkaConfig, TopicNames};
 use pushfan_gateway::{Gateway, GatewayConfig, RetryPolicy};
-use pushfan_ingest::{ApiKeys, IngestState};
+use pushfan_ingest::{ApiKeys, IngestState, ServeOptions};
 use pushfan_pipeline::{pauses, run_roles, HandOff, Keyring, Pipeline, PipelineConfig, Role};
 use pushfan_store::ledger::BroadcastLedger;
 use pushfan_store::{
@@ -104,9 +104,24 @@ async fn start_with<B: Bus>(
             policy,
             config.vapid.keys.iter().map(|key| key.id),
         );
+        let options =
+            ServeOptions { tls: config.ingest.tls(), limits: config.ingest.limits(&config.tenants)? };
+        if let Some(tls) = &options.tls {
+            // Read here too, so a bad file stops the start rather than the running server.
+            tls.acceptor().context("ingest TLS")?;
+        }
+        if options.tls.is_none() && !config.ingest.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %config.ingest.listen,
+                "the gRPC API serves plaintext beyond loopback: API keys cross the network in the clear \
+                 unless a proxy in front terminates TLS (set ingest.tls_cert_file and ingest.tls_key_file)"
+            );
+        }
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            pushfan_ingest::serve(listener, state, stop.cancelled_owned()).await.context("gRPC API failed")
+            pushfan_ingest::serve_with(listener, state, options, stop.cancelled_owned())
+                .await
+                .context("gRPC API failed")
         });
     }
     if !roles.loops.is_empty() {

@@ -125,7 +125,7 @@ impl Default for BusConfig {
     }
 }
 
-/// `[ingest]`.
+/// `[ingest]`. The limits' defaults are `pushfan_ingest::Limits::default()`, given here.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct IngestConfig {
@@ -133,11 +133,151 @@ pub(crate) struct IngestConfig {
     pub(crate) listen: SocketAddr,
     /// Accept plain `http://` endpoints on loopback (the simulated push service, tests).
     pub(crate) allow_http_loopback_endpoints: bool,
+    /// PEM certificate chain (the server's first) to serve the API over TLS with; set with
+    /// `tls_key_file`. Unset (the default): plaintext HTTP/2, for loopback or behind a proxy
+    /// that terminates TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: when set, every client must present a certificate one of them
+    /// issued (mutual TLS). Needs `tls_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_client_ca_file: Option<PathBuf>,
+    /// Connections served at once (default 1024); past it new connections wait in the kernel's
+    /// listen backlog until one closes.
+    pub(crate) max_connections: usize,
+    /// Requests worked on at once over all connections (default 128); a request waits up to
+    /// `request_timeout_ms` for a place, then fails UNAVAILABLE. With `max_message_bytes` this
+    /// bounds the memory of requests being decoded.
+    pub(crate) max_concurrent_requests: usize,
+    /// Longest a request may take, waiting included, milliseconds (default 30000); for
+    /// `BulkImport`, longest wait for its next message. Also the shutdown's grace period.
+    pub(crate) request_timeout_ms: u64,
+    /// Time a new connection has to start HTTP/2, TLS handshake included, milliseconds
+    /// (default 10000); then it is closed.
+    pub(crate) handshake_timeout_ms: u64,
+    /// Largest request message of `SubscriptionService`, i.e. a `BulkImport` batch (default
+    /// 4194304, 4 MiB); publish requests take at most 1 MiB and broadcast requests 64 KiB.
+    pub(crate) max_message_bytes: usize,
+    /// Calls open at once per HTTP/2 connection (default 128); also what bounds watches.
+    pub(crate) http2_max_concurrent_streams: u32,
+    /// Ping an idle connection this often, milliseconds (default 60000).
+    pub(crate) http2_keepalive_interval_ms: u64,
+    /// Close a connection whose ping is unanswered this long, milliseconds (default 20000).
+    pub(crate) http2_keepalive_timeout_ms: u64,
+    /// Requests per second each tenant may make, sustained (default 1000; 0: unlimited).
+    /// Per ingest process. A tenant past it gets RESOURCE_EXHAUSTED with `retry-after`.
+    pub(crate) tenant_requests_per_second: u32,
+    /// Requests a tenant may make back to back after a quiet spell (default 2000; 0: the
+    /// per-second rate).
+    pub(crate) tenant_burst: u32,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { listen: ([127, 0, 0, 1], 50051).into(), allow_http_loopback_endpoints: false }
+        let limits = pushfan_ingest::Limits::default();
+        let rate = limits.tenant_rates.default;
+        Self {
+            listen: ([127, 0, 0, 1], 50051).into(),
+            allow_http_loopback_endpoints: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            max_connections: limits.max_connections,
+            max_concurrent_requests: limits.max_concurrent_requests,
+            request_timeout_ms: millis(limits.request_timeout),
+            handshake_timeout_ms: millis(limits.handshake_timeout),
+            max_message_bytes: limits.max_message_bytes,
+            http2_max_concurrent_streams: limits.max_concurrent_streams,
+            http2_keepalive_interval_ms: millis(limits.keepalive_interval),
+            http2_keepalive_timeout_ms: millis(limits.keepalive_timeout),
+            tenant_requests_per_second: rate.per_second,
+            tenant_burst: rate.burst,
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl IngestConfig {
+    /// TLS, when configured.
+    pub(crate) fn tls(&self) -> Option<pushfan_ingest::TlsFiles> {
+        let (Some(cert_file), Some(key_file)) = (&self.tls_cert_file, &self.tls_key_file) else {
+            return None;
+        };
+        Some(pushfan_ingest::TlsFiles {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            client_ca_file: self.tls_client_ca_file.clone(),
+        })
+    }
+
+    /// The server's limits, tenants' own rates included.
+    pub(crate) fn limits(&self, tenants: &[TenantConfig]) -> anyhow::Result<pushfan_ingest::Limits> {
+        let default =
+            pushfan_ingest::Rate { per_second: self.tenant_requests_per_second, burst: self.tenant_burst };
+        let mut overrides = std::collections::HashMap::new();
+        for tenant in tenants {
+            if tenant.requests_per_second.is_some() || tenant.burst.is_some() {
+                let rate = pushfan_ingest::Rate {
+                    per_second: tenant.requests_per_second.unwrap_or(default.per_second),
+                    burst: tenant.burst.unwrap_or(default.burst),
+                };
+                overrides.insert(pushfan_store::TenantId::new(&tenant.name)?, rate);
+            }
+        }
+        Ok(pushfan_ingest::Limits {
+            max_connections: self.max_connections,
+            max_concurrent_requests: self.max_concurrent_requests,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            max_message_bytes: self.max_message_bytes,
+            max_concurrent_streams: self.http2_max_concurrent_streams,
+            keepalive_interval: Duration::from_millis(self.http2_keepalive_interval_ms),
+            keepalive_timeout: Duration::from_millis(self.http2_keepalive_timeout_ms),
+            tenant_rates: pushfan_ingest::TenantRates { default, overrides, ..Default::default() },
+        })
+    }
+
+    /// Ranges, and TLS files given together.
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            bail!("ingest.tls_cert_file and ingest.tls_key_file go together: give both or neither");
+        }
+        if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            bail!("ingest.tls_client_ca_file needs TLS: set ingest.tls_cert_file and ingest.tls_key_file");
+        }
+        if self.max_connections == 0
+            || self.max_concurrent_requests == 0
+            || self.http2_max_concurrent_streams == 0
+        {
+            bail!(
+                "ingest.max_connections, ingest.max_concurrent_requests and ingest.http2_max_concurrent_streams must be at least 1"
+            );
+        }
+        if !(100..=3_600_000).contains(&self.request_timeout_ms) {
+            bail!(
+                "ingest.request_timeout_ms must be 100 to 3600000 (an hour), got {}",
+                self.request_timeout_ms
+            );
+        }
+        if !(100..=600_000).contains(&self.handshake_timeout_ms) {
+            bail!("ingest.handshake_timeout_ms must be 100 to 600000, got {}", self.handshake_timeout_ms);
+        }
+        if !(64 << 10..=64 << 20).contains(&self.max_message_bytes) {
+            bail!(
+                "ingest.max_message_bytes must be 65536 (64 KiB) to 67108864 (64 MiB), got {}",
+                self.max_message_bytes
+            );
+        }
+        if self.http2_keepalive_interval_ms < 1000 || self.http2_keepalive_timeout_ms < 1000 {
+            bail!("ingest.http2_keepalive_interval_ms and ingest.http2_keepalive_timeout_ms must be at least 1000");
+        }
+        Ok(())
     }
 }
 
@@ -149,6 +289,12 @@ pub(crate) struct TenantConfig {
     pub(crate) name: String,
     /// Bearer tokens that act as this tenant.
     pub(crate) api_keys: Vec<String>,
+    /// This tenant's own `ingest.tenant_requests_per_second`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) requests_per_second: Option<u32>,
+    /// This tenant's own `ingest.tenant_burst`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) burst: Option<u32>,
 }
 
 /// `[vapid]`.
@@ -248,8 +394,13 @@ pub(crate) struct GatewaySettings {
     pub(crate) parked_batches: Option<serde::de::IgnoredAny>,
     /// One request's deadline, milliseconds.
     pub(crate) request_timeout_ms: u64,
-    /// Attempts per push, the first included.
+    /// Attempts per push, the first included; 429/503 answers do not count (see
+    /// `throttle_deadline_secs`).
     pub(crate) max_attempts: u32,
+    /// Seconds one push may be held back by its push service throttling (429/503 answers, or
+    /// its origin paused) before it ends as `throttled` without another request; no pause
+    /// lasts past it.
+    pub(crate) throttle_deadline_secs: u64,
     /// Speak h2c (HTTP/2 without TLS) to `http://` loopback endpoints.
     pub(crate) h2c: bool,
     /// PEM files of extra CAs to trust (a simulated push service's).
@@ -268,6 +419,7 @@ impl Default for GatewaySettings {
             parked_batches: None,
             request_timeout_ms: 15_000,
             max_attempts: 6,
+            throttle_deadline_secs: 600,
             h2c: false,
             extra_root_certs: Vec::new(),
             record_outcomes: true,
@@ -303,6 +455,7 @@ impl Config {
 
     /// Checks what serde cannot: ranges, and values that only make sense together.
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        self.ingest.validate()?;
         if self.store.shards == 0 {
             bail!("store.shards must be at least 1");
         }
@@ -417,5 +570,41 @@ mod tests {
         let err = load("[[tenants]]\nname = \"a b\"\napi_keys = []\n").unwrap_err();
         assert!(format!("{err:#}").contains("tenants[0].name"), "{err:#}");
         assert!(Config::load(Some(Path::new("/nonexistent/pushfan.toml"))).is_err());
+    }
+
+    #[test]
+    fn ingest_tls_limits_and_tenant_rates_are_read_and_checked() {
+        let defaults = Config::load(None).unwrap();
+        assert!(defaults.ingest.tls().is_none(), "plaintext by default");
+        let limits = defaults.ingest.limits(&defaults.tenants).unwrap();
+        assert_eq!(limits.max_connections, pushfan_ingest::Limits::default().max_connections);
+        assert_eq!(limits.request_timeout, Duration::from_secs(30));
+        let config = load(
+            "[ingest]\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\ntls_client_ca_file = \"ca.pem\"\n\
+             max_connections = 10\nrequest_timeout_ms = 5000\ntenant_requests_per_second = 50\ntenant_burst = 100\n\
+             [[tenants]]\nname = \"acme\"\napi_keys = []\nrequests_per_second = 5\n\
+             [[tenants]]\nname = \"globex\"\napi_keys = []\n",
+        )
+        .unwrap();
+        let tls = config.ingest.tls().unwrap();
+        assert_eq!(tls.client_ca_file.as_deref(), Some(Path::new("ca.pem")));
+        let limits = config.ingest.limits(&config.tenants).unwrap();
+        assert_eq!((limits.max_connections, limits.request_timeout), (10, Duration::from_secs(5)));
+        let rates = &limits.tenant_rates;
+        assert_eq!(rates.default, pushfan_ingest::Rate { per_second: 50, burst: 100 });
+        let acme = pushfan_store::TenantId::new("acme").unwrap();
+        assert_eq!(rates.overrides[&acme], pushfan_ingest::Rate { per_second: 5, burst: 100 });
+        assert_eq!(rates.overrides.len(), 1);
+        for (toml, expected) in [
+            ("[ingest]\ntls_cert_file = \"c.pem\"\n", "go together"),
+            ("[ingest]\ntls_client_ca_file = \"ca.pem\"\n", "needs TLS"),
+            ("[ingest]\nmax_connections = 0\n", "at least 1"),
+            ("[ingest]\nrequest_timeout_ms = 0\n", "ingest.request_timeout_ms must be"),
+            ("[ingest]\nmax_message_bytes = 100\n", "ingest.max_message_bytes must be"),
+            ("[ingest]\nmax_conections = 10\n", "max_conections"),
+        ] {
+            let err = load(toml).unwrap_err();
+            assert!(format!("{err:#}").contains(expected), "{toml}: {err:#}");
+        }
     }
 }

@@ -95,7 +95,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut config = Config::default();
     config.store.path = dir.join("data");
     config.ingest.listen = ([127, 0, 0, 1], 0).into();
-    config.tenants = vec![TenantConfig { name: "demo".into(), api_keys: vec![api_key.clone()] }];
+    config.tenants = vec![TenantConfig {
+        name: "demo".into(),
+        api_keys: vec![api_key.clone()],
+        requests_per_second: None,
+        burst: None,
+    }];
     config.vapid.subject = "mailto:demo@pushfan.example".into();
     config.vapid.keys = vec![VapidKeyConfig {
         id: 1,

@@ -65,12 +65,14 @@ enum VapidCommand {
 
 #[derive(Debug, clap::Args)]
 struct ApiArgs {
-    /// The pushfan API.
+    /// The pushfan API: `http://` for plaintext, `https://` for TLS.
     #[arg(long, env = "PUSHFAN_URL", default_value = "http://127.0.0.1:50051")]
     url: String,
     /// The tenant's API key.
     #[arg(long, env = "PUSHFAN_API_KEY")]
     api_key: String,
+    #[command(flatten)]
+    tls: client::ClientTls,
 }
 
 #[derive(Debug, clap::Args)]
@@ -191,7 +193,7 @@ async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     let json = if args.json == "-" { std::io::read_to_string(std::io::stdin())? } else { args.json };
     // Parse locally first: a bad subscription is reported field by field before any call.
     let parsed = pushfan_webpush::PushSubscription::parse(&json, pushfan_webpush::EndpointPolicy::default())?;
-    let mut clients = client::Clients::connect(&args.api.url, &args.api.api_key).await?;
+    let mut clients = client::Clients::connect_with(&args.api.url, &args.api.api_key, &args.api.tls).await?;
     let response = clients
         .subscriptions
         .subscribe(SubscribeRequest {
@@ -228,7 +230,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         "high" => pushfan_proto::v1::Urgency::High,
         other => anyhow::bail!("--urgency must be very-low, low, normal or high, not `{other}`"),
     };
-    let mut clients = client::Clients::connect(&args.api.url, &args.api.api_key).await?;
+    let mut clients = client::Clients::connect_with(&args.api.url, &args.api.api_key, &args.api.tls).await?;
     let broadcast_id = clients
         .publish
         .publish(PublishRequest {
