@@ -11,6 +11,9 @@
 //! they are plain. hyper has no such deadline for HTTP/2 (its keepalive pings start once the
 //! preface is in), so without it a client that opens connections and sends nothing, or stops
 //! after the TLS handshake, would hold them forever.
+//!
+//! Metrics: `pushfan_ingest_connections` (open, past their handshake) and
+//! `pushfan_ingest_connections_dropped_total{reason}` (`handshake_timeout`, `tls`).
 
 use std::future::Future;
 use std::io;
@@ -21,6 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
+use metrics::{counter, gauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -106,10 +110,12 @@ impl Acceptor {
                     Ok(Ok(stream)) => Some(Conn::new(Io::Tls(Box::new(stream)), place, deadline)),
                     Ok(Err(error)) => {
                         tracing::debug!(%peer, %error, "TLS handshake failed");
+                        dropped("tls");
                         None
                     }
                     Err(_) => {
                         tracing::debug!(%peer, "TLS handshake timed out");
+                        dropped("handshake_timeout");
                         None
                     }
                 }
@@ -165,13 +171,27 @@ pub(crate) struct Conn {
     io: Io,
     /// Until the preface is in: bytes read so far and the timer.
     preface: Option<(usize, Pin<Box<Sleep>>)>,
+    /// The preface did not come in time: every read fails.
+    timed_out: bool,
     _place: OwnedSemaphorePermit,
 }
 
 impl Conn {
     fn new(io: Io, place: OwnedSemaphorePermit, deadline: Instant) -> Self {
-        Self { io, preface: Some((0, Box::pin(tokio::time::sleep_until(deadline)))), _place: place }
+        gauge!("pushfan_ingest_connections").increment(1.0);
+        let preface = Some((0, Box::pin(tokio::time::sleep_until(deadline))));
+        Self { io, preface, timed_out: false, _place: place }
     }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        gauge!("pushfan_ingest_connections").decrement(1.0);
+    }
+}
+
+fn dropped(reason: &'static str) {
+    counter!("pushfan_ingest_connections_dropped_total", "reason" => reason).increment(1);
 }
 
 impl AsyncRead for Conn {
@@ -181,6 +201,9 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.timed_out {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the handshake timed out")));
+        }
         let before = buf.filled().len();
         let polled = match &mut this.io {
             Io::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
@@ -189,16 +212,20 @@ impl AsyncRead for Conn {
         let Some((read, timer)) = &mut this.preface else { return polled };
         match polled {
             Poll::Ready(Ok(())) => {
-                *read += buf.filled().len() - before;
+                *read += buf.filled().len().saturating_sub(before);
                 if *read >= PREFACE_LEN {
                     this.preface = None;
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if timer.as_mut().poll(cx).is_ready() => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no HTTP/2 preface within the handshake timeout",
-            ))),
+            Poll::Pending if timer.as_mut().poll(cx).is_ready() => {
+                this.timed_out = true;
+                dropped("handshake_timeout");
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no HTTP/2 preface within the handshake timeout",
+                )))
+            }
             other => other,
         }
     }

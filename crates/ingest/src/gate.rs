@@ -8,7 +8,9 @@
 //!    UNAVAILABLE;
 //! 4. the request then runs within `request_timeout` (DEADLINE_EXCEEDED after), except
 //!    `BulkImport`, which streams as long as its client sends; every request body must send its
-//!    next frame within `request_timeout` of the server asking for it.
+//!    next frame within `request_timeout` of the server asking for it;
+//! 5. a `WatchBroadcast` also takes one of `max_watches` places, held until its stream ends,
+//!    else RESOURCE_EXHAUSTED: a watch polls the ledger for as long as it lasts.
 //!
 //! This is a tower service around the generated server rather than a tonic interceptor so it
 //! can name the method in metrics; like an interceptor it sees only the headers, so a refused
@@ -26,7 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pushfan_store::TenantId;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tonic::body::Body;
 use tonic::codegen::http::{self, HeaderMap};
@@ -37,7 +39,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth::ApiKeys;
-use crate::limits::{RateExceeded, RateLimiter};
+use crate::limits::{Limits, RateExceeded, RateLimiter};
 use crate::telemetry;
 
 /// An RPC of the pushfan API, as the gate treats it.
@@ -47,10 +49,12 @@ pub(crate) struct Method {
     pub(crate) name: &'static str,
     /// The client streams its request: no deadline on the whole call.
     streams_requests: bool,
+    /// The server streams its answer for as long as it lasts: a watch place is held with it.
+    streams_responses: bool,
 }
 
 const fn unary(name: &'static str) -> Method {
-    Method { name, streams_requests: false }
+    Method { name, streams_requests: false, streams_responses: false }
 }
 
 /// Every method of `pushfan.v1`; a test checks the list against the descriptors.
@@ -61,11 +65,11 @@ pub(crate) const METHODS: &[Method] = &[
     unary("ListSubscriptions"),
     unary("TagSubscriptions"),
     unary("UntagSubscriptions"),
-    Method { name: "BulkImport", streams_requests: true },
+    Method { name: "BulkImport", streams_requests: true, streams_responses: false },
     unary("Publish"),
     unary("GetBroadcast"),
     // Its handler answers at once with the stream, so the deadline ends with the handler.
-    unary("WatchBroadcast"),
+    Method { name: "WatchBroadcast", streams_requests: false, streams_responses: true },
 ];
 
 /// A path no method has (the router answers UNIMPLEMENTED after the gate).
@@ -88,21 +92,18 @@ pub(crate) struct Gate {
     keys: Arc<ApiKeys>,
     rates: RateLimiter,
     places: Arc<Semaphore>,
+    watches: Arc<Semaphore>,
     request_timeout: Duration,
 }
 
 impl Gate {
-    pub(crate) fn new(
-        keys: Arc<ApiKeys>,
-        rates: RateLimiter,
-        max_concurrent_requests: usize,
-        request_timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(keys: Arc<ApiKeys>, rates: RateLimiter, limits: &Limits) -> Self {
         Self {
             keys,
             rates,
-            places: Arc::new(Semaphore::new(max_concurrent_requests.max(1))),
-            request_timeout,
+            places: Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
+            watches: Arc::new(Semaphore::new(limits.max_watches.max(1))),
+            request_timeout: limits.request_timeout,
         }
     }
 
@@ -179,6 +180,19 @@ where
                 Ok(tenant) => tenant,
                 Err(status) => return Ok(refuse(method, status)),
             };
+            let watch = if method.streams_responses {
+                let Ok(watch) = Arc::clone(&gate.watches).try_acquire_owned() else {
+                    return Ok(refuse(
+                        method,
+                        Status::resource_exhausted(
+                            "the server has as many watches open as it allows; retry later",
+                        ),
+                    ));
+                };
+                Some(watch)
+            } else {
+                None
+            };
             let deadline = Instant::now() + gate.request_timeout;
             let place = match tokio::time::timeout_at(deadline, Arc::clone(&gate.places).acquire_owned())
                 .await
@@ -209,7 +223,11 @@ where
                 }
             };
             drop(place);
-            response
+            let Ok(response) = response;
+            Ok(match watch {
+                Some(watch) => response.map(|body| Body::new(Held { inner: body, _watch: watch })),
+                None => response,
+            })
         })
     }
 }
@@ -219,6 +237,32 @@ fn refuse(method: Method, status: Status) -> http::Response<Body> {
     telemetry::count_refusal(method.name, status.code());
     tracing::debug!(method = method.name, code = ?status.code(), message = status.message(), "request refused");
     status.into_http()
+}
+
+/// A streamed answer and the watch place it holds until it ends or its client goes.
+struct Held {
+    inner: Body,
+    _watch: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A request body whose next frame must come within `idle` of the server asking for it. The

@@ -215,8 +215,7 @@ pub async fn serve_with<B: Bus>(
     let gate = Arc::new(gate::Gate::new(
         Arc::clone(&state.api_keys),
         limits::RateLimiter::new(&limits.tenant_rates, state.api_keys.tenants()),
-        limits.max_concurrent_requests,
-        limits.request_timeout,
+        &limits,
     ));
     let max_message = limits.max_message_bytes;
     let subscriptions = SubscriptionServiceServer::new(SubscriptionApi::new(state.clone()))

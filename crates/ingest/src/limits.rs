@@ -30,8 +30,12 @@ pub struct Limits {
     /// Requests worked on at once, over all connections and tenants. A request waits up to
     /// `request_timeout` for a place, then fails with UNAVAILABLE; a place is held from before
     /// the request's body is read until its answer (a `WatchBroadcast` gives its place back once
-    /// its stream starts: watches are bounded by `max_concurrent_streams` per connection).
+    /// its stream starts: watches have `max_watches`).
     pub max_concurrent_requests: usize,
+    /// `WatchBroadcast` streams open at once; each polls the ledger until its broadcast
+    /// completes, so they are bounded apart from the requests. Past it a watch is refused with
+    /// RESOURCE_EXHAUSTED.
+    pub max_watches: usize,
     /// Longest a request may take, waiting for a place included (DEADLINE_EXCEEDED after). A
     /// client's shorter `grpc-timeout` wins. `BulkImport` streams for as long as its client
     /// sends, so for it this bounds each wait for the next message instead, as it does for
@@ -60,6 +64,7 @@ impl Default for Limits {
         Self {
             max_connections: 1024,
             max_concurrent_requests: 128,
+            max_watches: 1024,
             request_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,

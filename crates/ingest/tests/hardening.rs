@@ -301,6 +301,29 @@ async fn requests_past_the_concurrency_limit_wait_then_fail_unavailable() {
 }
 
 #[tokio::test]
+async fn watches_past_their_limit_are_refused_until_one_ends() {
+    let server = Server::start(options(Limits { max_watches: 1, ..Limits::default() })).await;
+    let mut client = BroadcastServiceClient::new(server.channel().await);
+    // A broadcast that does not exist (yet): the watch waits for it and holds its place.
+    let watch = || authed(ACME_KEY, v1::WatchBroadcastRequest { broadcast_id: "not-yet".into() });
+    let first = client.watch_broadcast(watch()).await.expect("the first watch is admitted");
+    let status = client.watch_broadcast(watch()).await.expect_err("one watch at a time");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // Other calls are not watches.
+    assert_eq!(get(&server.channel().await, ACME_KEY).await.unwrap_err().code(), Code::NotFound);
+    // The client going away frees the place, once the server has seen the stream reset.
+    drop(first);
+    timeout(WAIT, async {
+        while client.watch_broadcast(watch()).await.is_err() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the place came back");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_request_stream_that_stalls_is_ended() {
     let limits = Limits { request_timeout: Duration::from_millis(300), ..Limits::default() };
     let server = Server::start(options(limits)).await;

@@ -152,6 +152,9 @@ pub(crate) struct IngestConfig {
     /// `request_timeout_ms` for a place, then fails UNAVAILABLE. With `max_message_bytes` this
     /// bounds the memory of requests being decoded.
     pub(crate) max_concurrent_requests: usize,
+    /// `WatchBroadcast` streams open at once (default 1024); each polls the ledger until its
+    /// broadcast completes. Past it a watch is refused with RESOURCE_EXHAUSTED.
+    pub(crate) max_watches: usize,
     /// Longest a request may take, waiting included, milliseconds (default 30000); for
     /// `BulkImport`, longest wait for its next message. Also the shutdown's grace period.
     pub(crate) request_timeout_ms: u64,
@@ -187,6 +190,7 @@ impl Default for IngestConfig {
             tls_client_ca_file: None,
             max_connections: limits.max_connections,
             max_concurrent_requests: limits.max_concurrent_requests,
+            max_watches: limits.max_watches,
             request_timeout_ms: millis(limits.request_timeout),
             handshake_timeout_ms: millis(limits.handshake_timeout),
             max_message_bytes: limits.max_message_bytes,
@@ -233,6 +237,7 @@ impl IngestConfig {
         Ok(pushfan_ingest::Limits {
             max_connections: self.max_connections,
             max_concurrent_requests: self.max_concurrent_requests,
+            max_watches: self.max_watches,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             max_message_bytes: self.max_message_bytes,
@@ -253,10 +258,12 @@ impl IngestConfig {
         }
         if self.max_connections == 0
             || self.max_concurrent_requests == 0
+            || self.max_watches == 0
             || self.http2_max_concurrent_streams == 0
         {
             bail!(
-                "ingest.max_connections, ingest.max_concurrent_requests and ingest.http2_max_concurrent_streams must be at least 1"
+                "ingest.max_connections, ingest.max_concurrent_requests, ingest.max_watches and \
+                 ingest.http2_max_concurrent_streams must be at least 1"
             );
         }
         if !(100..=3_600_000).contains(&self.request_timeout_ms) {
@@ -590,6 +597,7 @@ mod tests {
         assert_eq!(tls.client_ca_file.as_deref(), Some(Path::new("ca.pem")));
         let limits = config.ingest.limits(&config.tenants).unwrap();
         assert_eq!((limits.max_connections, limits.request_timeout), (10, Duration::from_secs(5)));
+        assert_eq!(limits.max_watches, pushfan_ingest::Limits::default().max_watches);
         let rates = &limits.tenant_rates;
         assert_eq!(rates.default, pushfan_ingest::Rate { per_second: 50, burst: 100 });
         let acme = pushfan_store::TenantId::new("acme").unwrap();
@@ -599,6 +607,7 @@ mod tests {
             ("[ingest]\ntls_cert_file = \"c.pem\"\n", "go together"),
             ("[ingest]\ntls_client_ca_file = \"ca.pem\"\n", "needs TLS"),
             ("[ingest]\nmax_connections = 0\n", "at least 1"),
+            ("[ingest]\nmax_watches = 0\n", "at least 1"),
             ("[ingest]\nrequest_timeout_ms = 0\n", "ingest.request_timeout_ms must be"),
             ("[ingest]\nmax_message_bytes = 100\n", "ingest.max_message_bytes must be"),
             ("[ingest]\nmax_conections = 10\n", "max_conections"),
