@@ -241,7 +241,10 @@ pub async fn serve_with<B: Bus>(
     // the process forever. Requests in flight get the request timeout to finish, then whatever
     // is left is dropped.
     let grace = async {
-        let _ = closed.wait_for(|closing| *closing).await;
+        if closed.wait_for(|closing| *closing).await.is_err() {
+            // The signal was dropped unsent: the server has stopped by itself.
+            std::future::pending::<()>().await;
+        }
         tokio::time::sleep(limits.request_timeout).await;
     };
     tokio::select! {
