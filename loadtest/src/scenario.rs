@@ -386,6 +386,7 @@ impl Scenario {
             retry_after_secs: e.retry_after_secs,
             fail: Burst { selection: fraction(e.fail, salt + 3), first: e.fail_first },
             delay: Duration::ZERO,
+            garbled: Selection::None,
         }
     }
 

@@ -10,7 +10,8 @@ use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use pushfan_gateway::{
-    Delivery, FinalOutcome, Gateway, GatewayConfig, Message, Pending, Progress, Report, RetryPolicy,
+    Delivery, FailureClass, FinalOutcome, Gateway, GatewayConfig, Message, Pending, Progress, Report,
+    RetryPolicy,
 };
 use pushfan_pushsim::{Burst, FaultPlan, Population, PushSim, PushSimConfig, Selection};
 use pushfan_webpush::{encrypt, Backend, ContentEncoding, Padding};
@@ -42,8 +43,8 @@ async fn gone_throttled_and_failing_subscribers_are_handled_by_the_rfc8030_rules
     let reports = send(&gateway, &message(3600), deliveries(&sim, 10)).await;
     let outcome = |i: usize| (&reports[i].outcome, reports[i].attempts);
     assert_eq!(outcome(0), (&FinalOutcome::Accepted, 1));
-    assert_eq!(outcome(1), (&FinalOutcome::Gone, 1));
-    assert_eq!(outcome(3), (&FinalOutcome::Gone, 1));
+    assert_eq!(outcome(1), (&FinalOutcome::failed(FailureClass::Gone, ""), 1));
+    assert_eq!(outcome(3), (&FinalOutcome::failed(FailureClass::NotFound, ""), 1));
     assert_eq!(outcome(4), (&FinalOutcome::Accepted, 2));
     assert_eq!(outcome(6), (&FinalOutcome::Accepted, 3));
     // Retry-After: 1 was honoured: the throttled retries waited it out.
@@ -151,17 +152,10 @@ async fn nothing_is_retried_past_the_ttl_or_the_attempt_budget() {
     let gateway = gateway(&sim, budget);
     // TTL 0: deliver now or never.
     let reports = send(&gateway, &message(0), deliveries(&sim, 1)).await;
-    assert_eq!((&reports[0].outcome, reports[0].attempts), (&FinalOutcome::Expired, 1));
+    assert_eq!((reports[0].outcome.class(), reports[0].attempts), (Some(FailureClass::Expired), 1));
     let reports = send(&gateway, &message(3600), deliveries(&sim, 2)).await;
-    assert_eq!(
-        reports[1].outcome,
-        FinalOutcome::FailedAfterRetries {
-            attempts: 3,
-            last: "HTTP 500".into(),
-            throttled: false,
-            transport: None
-        }
-    );
+    assert_eq!(reports[1].outcome, FinalOutcome::failed(FailureClass::ServerError, "HTTP 500"));
+    assert_eq!(reports[1].attempts, 3);
     assert_eq!(sim.stats().status(500), 1 + 3 + 3);
 }
 
@@ -173,7 +167,10 @@ async fn a_push_service_that_is_down_is_a_transport_failure_not_a_hang() {
     sim.shutdown().await.unwrap();
     let reports = send(&gateway, &message(3600), lost).await;
     assert!(
-        matches!(&reports[0].outcome, FinalOutcome::FailedAfterRetries { attempts: 2, throttled: false, .. }),
+        matches!(
+            (reports[0].outcome.class(), reports[0].attempts),
+            (Some(FailureClass::TransportConnect | FailureClass::TransportReset), 2)
+        ),
         "{:?}",
         reports[0].outcome
     );

@@ -268,15 +268,7 @@ pub fn broadcast_message(id: &str, status: &BroadcastStatus) -> v1::Broadcast {
         rejected: counts.rejected,
         failed: counts.failed,
         expired: counts.expired,
-        rejections: status
-            .rejections
-            .iter()
-            .map(|(reason, count)| v1::Rejection {
-                http_status: u32::from(reason.status),
-                reason: reason.reason.clone(),
-                count: *count,
-            })
-            .collect(),
+        failures: failures(status),
         shards_total: status.shards_total,
         shards_done: counts.shards_done,
         complete: status.is_complete(),
@@ -288,6 +280,24 @@ pub fn broadcast_message(id: &str, status: &BroadcastStatus) -> v1::Broadcast {
 fn timestamp(at: UnixSeconds) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: i64::from(at.0), nanos: 0 }
 }
+/// The broadcast's failures by class (class order), each with the samples the ledger kept.
+fn failures(status: &BroadcastStatus) -> Vec<v1::Failure> {
+    pushfan_webpush::FailureClass::ALL
+        .into_iter()
+        .filter(|class| status.counts.failures[class.index()] > 0)
+        .map(|class| v1::Failure {
+            class: class.label().to_owned(),
+            count: status.counts.failures[class.index()],
+            samples: status
+                .samples
+                .iter()
+                .filter(|(c, _)| *c == class)
+                .map(|(_, text)| text.clone())
+                .collect(),
+        })
+        .collect()
+}
+
 
 fn timestamp_ms(ms: u64) -> prost_types::Timestamp {
     // Ingest accepted these from an `int64`, so the seconds fit.

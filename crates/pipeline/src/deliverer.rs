@@ -18,13 +18,16 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use pushfan_bus::messages::{DeliveryBatch, DeliveryResultBatch, Rejection};
+use pushfan_bus::messages::{DeliveryBatch, DeliveryResultBatch, OutcomeCounts};
 use pushfan_bus::{Bus, MessageContext};
-use pushfan_gateway::{Delivery, FinalOutcome, Message, Pending, Progress, Report};
+use pushfan_gateway::{Delivery, Message, Pending, Progress, Report};
+use pushfan_store::ledger::BroadcastId;
 use pushfan_store::{
     DeliveryOutcome, DeliveryResult, ScanStamp, SubscriptionId, TenantId, UnixSeconds, VapidKeyId,
 };
+use pushfan_webpush::failure::Summary;
 use pushfan_webpush::Endpoint;
+use pushfan_webpush::{FailureClass, SubscriptionError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -157,14 +160,18 @@ impl Drop for Claim {
 }
 
 /// Sends every delivery through the gateway, in rounds: a round sends whatever may go now and
-/// hands back what has to wait; between rounds the batch waits for the earliest of those.
+/// hands back what has to wait; between rounds the batch waits for the earliest of those, and
+/// before it does, the results reached so far go to the ledger as the batch's provisional
+/// snapshot, so a throttling push service holds back only its own deliveries' counts.
 async fn send_all(
     pipeline: &Pipeline<impl Bus>,
     message: &Message,
     mut pending: Vec<Pending<SubscriptionId>>,
     waiter: &mut Waiter,
+    snapshot: &Snapshot<'_>,
 ) -> Vec<Report<SubscriptionId>> {
     let mut reports = Vec::with_capacity(pending.len());
+    let mut snapshotted = 0;
     loop {
         let mut waiting = Vec::new();
         let mut round = pin!(pipeline.gateway.send_ready(message, pending));
@@ -177,6 +184,10 @@ async fn send_all(
         let Some(ready_at) = waiting.iter().filter_map(Pending::ready_at).min() else {
             return reports;
         };
+        if reports.len() > snapshotted {
+            snapshotted = reports.len();
+            snapshot.write(pipeline, &reports).await;
+        }
         waiter.wait_until(ready_at, &mut waiting).await;
         pending = waiting;
     }
@@ -201,17 +212,17 @@ async fn deliver_batch<B: Bus>(
         vapid: Arc::clone(vapid),
     };
 
-    let mut refused: Vec<Rejection> = Vec::new();
+    let mut refused = Vec::new();
     let mut deliveries = Vec::with_capacity(batch.deliveries.len());
     for on_bus in &batch.deliveries {
         let id = SubscriptionId::parse_hex(&on_bus.subscription_id)
             .map_err(|e| PlanError::Invalid { field: "subscription_id", reason: e.to_string() })?;
-        match Endpoint::from_serialized(on_bus.endpoint.as_str(), pipeline.config.endpoint_policy) {
+        match Endpoint::from_serialized(on_bus.endpoint.as_str(), &pipeline.config.endpoint_policy) {
             Ok(endpoint) => {
                 let delivery = Delivery { tag: id, endpoint, push: plan::encrypted_push(on_bus)? };
                 deliveries.push(Pending::from(delivery));
             }
-            Err(error) => plan::add_rejection(&mut refused, 0, &format!("endpoint refused: {error}"), 1),
+            Err(error) => refused.push(Refused::new(id, &error)),
         }
     }
     // Only the results' header is needed from here on: the page is held by the deliveries'
@@ -226,10 +237,58 @@ pub(crate) struct Batch {
     /// The results message without its outcomes: the batch's identity and its page's counts.
     pub(crate) header: DeliveryResultBatch,
     pub(crate) deliveries: Vec<Pending<SubscriptionId>>,
-    /// Deliveries refused before any was sent (an endpoint the policy forbids), by reason.
-    pub(crate) refused: Vec<Rejection>,
+    /// Deliveries refused before any was sent (an endpoint invalid or the policy forbids):
+    /// counted and pruned, never sent.
+    pub(crate) refused: Vec<Refused>,
     /// The stamp of the scan that found the batch's subscriptions, when this process scanned.
     pub(crate) scanned: Option<ScanStamp>,
+}
+
+/// A subscription whose stored endpoint can never be sent to: it fails validation (`invalid`) or
+/// the egress policy (`refused_by_policy`). Counted in its class and pruned like a 410.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    id: SubscriptionId,
+    class: FailureClass,
+    reason: String,
+}
+
+impl Refused {
+    pub(crate) fn new(id: SubscriptionId, error: &SubscriptionError) -> Self {
+        Self { id, class: plan::endpoint_refusal(error), reason: error.to_string() }
+    }
+}
+
+/// Where a batch's provisional snapshot goes: the ledger, directly, from whichever process
+/// delivers (a snapshot replaces the last one, so it needs no bus step to count once).
+pub(crate) struct Snapshot<'a> {
+    tenant: &'a TenantId,
+    header: &'a DeliveryResultBatch,
+    refused: &'a [Refused],
+}
+
+impl Snapshot<'_> {
+    /// Writes what `reports` (and the refused) reached as the batch's snapshot. A failure is
+    /// only logged: the batch's results step counts everything anyway.
+    async fn write(&self, pipeline: &Pipeline<impl Bus>, reports: &[Report<SubscriptionId>]) {
+        let header = self.header;
+        let Ok(broadcast) = BroadcastId::new(&header.broadcast_id) else { return };
+        let (delivered, mut failures, _) = plan::tally(reports);
+        for refused in self.refused {
+            failures.add(refused.class, 1, "");
+        }
+        let delta = plan::snapshot(header.page_counts.unwrap_or_default(), delivered, &failures);
+        let (partial, step) = (
+            plan::partial_step(header.shard_index, header.batch_seq),
+            plan::result_step(header.shard_index, header.batch_seq),
+        );
+        let seq = (reports.len() + self.refused.len()) as u64;
+        if let Err(error) =
+            pipeline.ledger.set_partial(self.tenant, &broadcast, &partial, &step, seq, &delta).await
+        {
+            tracing::warn!(%error, "could not write a batch's provisional results; they count when it ends");
+        }
+    }
 }
 
 /// Sends `batch`, prunes the subscriptions found gone, records outcomes and publishes the
@@ -242,16 +301,18 @@ pub(crate) async fn deliver<B: Bus>(
     waiter: &mut Waiter,
 ) -> Result<(), PlanError> {
     let Batch { tenant, header, deliveries, refused, scanned } = batch;
-    let reports = send_all(pipeline, message, deliveries, waiter).await;
+    let snapshot = Snapshot { tenant: &tenant, header: &header, refused: &refused };
+    let reports = send_all(pipeline, message, deliveries, waiter, &snapshot).await;
     // A parked batch sent without a place; its store and bus steps take one again, so batches
     // woken by the same pause's end do not all write at once.
     let slot = &waiter.slot;
     slot.reacquire().await;
-    let (mut counts, gone, mut rejections) = plan::tally(&reports);
+    let (delivered, mut failures, mut gone) = plan::tally(&reports);
     for refusal in refused {
-        counts.rejected += refusal.count;
-        plan::add_rejection(&mut rejections, refusal.http_status, &refusal.reason, refusal.count);
+        failures.add(refusal.class, 1, &refusal.reason);
+        gone.push(refusal.id);
     }
+    let mut counts = OutcomeCounts { delivered, pruned: 0 };
     if !gone.is_empty() {
         counts.pruned = retrying(groups::DELIVERER, slot, || async {
             Ok::<_, HandleError>(pipeline.store.remove(&tenant, &gone).await? as u64)
@@ -262,12 +323,11 @@ pub(crate) async fn deliver<B: Bus>(
         let outcomes: Vec<DeliveryOutcome> = reports
             .iter()
             .filter_map(|report| {
-                let result = match report.outcome {
-                    FinalOutcome::Accepted => DeliveryResult::Delivered,
-                    FinalOutcome::FailedAfterRetries { .. } | FinalOutcome::Expired => DeliveryResult::Failed,
-                    FinalOutcome::Gone | FinalOutcome::Rejected { .. } | FinalOutcome::Refused { .. } => {
-                        return None
-                    }
+                // A refusal says nothing of the subscription's health, and the dead are pruned.
+                let result = match report.outcome.class().map(FailureClass::summary) {
+                    None => DeliveryResult::Delivered,
+                    Some(Summary::Failed | Summary::Expired) => DeliveryResult::Failed,
+                    Some(Summary::Gone | Summary::Rejected) => return None,
                 };
                 Some(DeliveryOutcome { id: report.tag, result })
             })
@@ -281,14 +341,14 @@ pub(crate) async fn deliver<B: Bus>(
     let results = DeliveryResultBatch {
         counts: Some(counts),
         gone_subscription_ids: gone.iter().map(ToString::to_string).collect(),
-        rejections,
+        failures: failures.to_bus(),
         ..header
     };
     send_results(pipeline, &results, context, slot).await
 }
 
-/// Reports all `count` deliveries of a batch as rejected for `reason` (an unknown VAPID key,
-/// say) without sending any, so the broadcast's counts still close.
+/// Reports all `count` deliveries of a batch as `unauthorized` for `reason` (no key of this
+/// deployment signs for them) without sending any, so the broadcast's counts still close.
 pub(crate) async fn refuse<B: Bus>(
     pipeline: &Pipeline<B>,
     header: DeliveryResultBatch,
@@ -297,8 +357,9 @@ pub(crate) async fn refuse<B: Bus>(
     context: &MessageContext,
     slot: &Slot,
 ) -> Result<(), PlanError> {
-    let (counts, rejections) = plan::refuse_batch(count, reason);
-    let results = DeliveryResultBatch { counts: Some(counts), rejections, ..header };
+    let failures = plan::refuse_batch(count, FailureClass::Unauthorized, reason);
+    let results =
+        DeliveryResultBatch { counts: Some(OutcomeCounts::default()), failures: failures.to_bus(), ..header };
     send_results(pipeline, &results, context, slot).await
 }
 
@@ -334,7 +395,7 @@ mod tests {
     use super::*;
 
     fn pending(body: Bytes) -> Pending<SubscriptionId> {
-        let endpoint = Endpoint::parse("https://push.example/send/abc", EndpointPolicy::default()).unwrap();
+        let endpoint = Endpoint::parse("https://push.example/send/abc", &EndpointPolicy::default()).unwrap();
         let push = EncryptedPush { body, encoding: ContentEncoding::Aes128gcm, aesgcm: None };
         Pending::from(Delivery { tag: SubscriptionId::from_bytes([1; SubscriptionId::LEN]), endpoint, push })
     }

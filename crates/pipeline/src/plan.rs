@@ -5,12 +5,16 @@ use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pushfan_bus::messages::{
-    self as bus, target, OutcomeCounts, PageCounts, PublishRequest, Rejection, ShardJob,
+    self as bus, target, FailureCount, OutcomeCounts, PageCounts, PublishRequest, ShardJob,
 };
 use pushfan_gateway::{FinalOutcome, Report};
-use pushfan_store::ledger::{BroadcastCounts, BroadcastId, ProgressDelta, RejectionReason, ShardCheckpoint};
+use pushfan_store::ledger::{BroadcastCounts, BroadcastId, ProgressDelta, ShardCheckpoint};
 use pushfan_store::{Audience, ShardCount, ShardId, SubscriptionId, TenantId, Topic, VapidKeyId};
-use pushfan_webpush::{message, AesgcmParams, ContentEncoding, EncryptedPush, PushOptions, Urgency};
+use pushfan_webpush::failure::{self, Summary};
+use pushfan_webpush::{
+    message, AesgcmParams, ContentEncoding, EncryptedPush, FailureClass, PushOptions, SubscriptionError,
+    Urgency,
+};
 
 /// A bus message that breaks the pipeline's rules. Ingest validates everything it accepts, so
 /// this means a bug or a foreign writer; the message is reported and skipped, never retried.
@@ -165,74 +169,189 @@ pub fn encrypted_push(delivery: &bus::Delivery) -> Result<EncryptedPush, PlanErr
     Ok(EncryptedPush { body: delivery.body.clone(), encoding, aesgcm })
 }
 
-/// Adds up a delivery batch's reports: counts, the ids to prune, rejections by reason.
-pub fn tally(reports: &[Report<SubscriptionId>]) -> (OutcomeCounts, Vec<SubscriptionId>, Vec<Rejection>) {
-    let mut counts = OutcomeCounts::default();
-    let mut gone = Vec::new();
-    let mut rejections: Vec<Rejection> = Vec::new();
+/// Samples of failure text one delivery batch carries per class: the ledger keeps the first
+/// few per broadcast, so more per batch would only be carried to be dropped.
+pub const MAX_BATCH_SAMPLES: usize = 3;
+
+/// A delivery batch's failures: a count per class (a fixed array) and a few short samples.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Failures {
+    counts: [u64; FailureClass::COUNT],
+    samples: Vec<(FailureClass, String)>,
+}
+
+impl Failures {
+    /// Counts `n` failures of `class`, keeping `text` (cut by [`failure::sample`]) as a sample
+    /// while the class has fewer than [`MAX_BATCH_SAMPLES`] and it is new.
+    pub fn add(&mut self, class: FailureClass, n: u64, text: &str) {
+        self.counts[class.index()] += n;
+        if n > 0 {
+            self.keep_sample(class, text);
+        }
+    }
+
+    fn keep_sample(&mut self, class: FailureClass, text: &str) {
+        if text.is_empty() || self.samples.iter().filter(|(c, _)| *c == class).count() >= MAX_BATCH_SAMPLES {
+            return;
+        }
+        let sample = failure::sample(text);
+        if !sample.is_empty() && !self.samples.iter().any(|(c, known)| *c == class && *known == sample) {
+            self.samples.push((class, sample));
+        }
+    }
+
+    /// How many failed in `class`.
+    pub fn count(&self, class: FailureClass) -> u64 {
+        self.counts[class.index()]
+    }
+
+    /// The counts by [`FailureClass::index`].
+    pub fn counts(&self) -> &[u64; FailureClass::COUNT] {
+        &self.counts
+    }
+
+    /// The bus form: one entry per class that occurred, in class order.
+    pub fn to_bus(&self) -> Vec<FailureCount> {
+        FailureClass::ALL
+            .into_iter()
+            .filter(|class| self.count(*class) > 0)
+            .map(|class| FailureCount {
+                class: class.label().to_owned(),
+                count: self.count(class),
+                samples: self.samples.iter().filter(|(c, _)| *c == class).map(|(_, s)| s.clone()).collect(),
+            })
+            .collect()
+    }
+
+    /// Reads the bus form. A class this version does not know (a newer writer's) is counted as
+    /// `rejected`, so the counts still close; samples past the bound are dropped.
+    pub fn from_bus(failures: &[FailureCount]) -> Self {
+        let mut read = Failures::default();
+        for entry in failures {
+            let class = FailureClass::from_label(&entry.class).unwrap_or(FailureClass::Rejected);
+            read.add(class, entry.count, "");
+            for sample in &entry.samples {
+                read.keep_sample(class, sample);
+            }
+        }
+        read
+    }
+}
+
+/// Adds up a delivery batch's reports: how many were accepted, the failures by class, and the
+/// ids to prune (gone, not found, and endpoints that can never be sent to).
+pub fn tally(reports: &[Report<SubscriptionId>]) -> (u64, Failures, Vec<SubscriptionId>) {
+    let mut delivered = 0;
+    let mut failures = Failures::default();
+    let mut prune = Vec::new();
     for report in reports {
         match &report.outcome {
-            FinalOutcome::Accepted => counts.delivered += 1,
-            FinalOutcome::Gone => {
-                counts.gone += 1;
-                gone.push(report.tag);
-            }
-            FinalOutcome::Rejected { status, reason } => {
-                counts.rejected += 1;
-                add_rejection(&mut rejections, u32::from(*status), reason, 1);
-            }
-            FinalOutcome::FailedAfterRetries { throttled: true, .. } => counts.rate_limited += 1,
-            FinalOutcome::FailedAfterRetries { .. } => counts.failed += 1,
-            FinalOutcome::Expired => counts.expired += 1,
-            FinalOutcome::Refused { reason } => {
-                counts.rejected += 1;
-                add_rejection(&mut rejections, 0, reason, 1);
+            FinalOutcome::Accepted => delivered += 1,
+            FinalOutcome::Failed { class, detail } => {
+                failures.add(*class, 1, detail);
+                if class.prunes() {
+                    prune.push(report.tag);
+                }
             }
         }
     }
-    (counts, gone, rejections)
-}
-
-/// Counts `count` more rejections with this status and reason.
-pub fn add_rejection(rejections: &mut Vec<Rejection>, status: u32, reason: &str, count: u64) {
-    match rejections.iter_mut().find(|r| r.http_status == status && r.reason == reason) {
-        Some(existing) => existing.count += count,
-        None => rejections.push(Rejection { http_status: status, reason: reason.to_owned(), count }),
-    }
+    (delivered, failures, prune)
 }
 
 /// What a delivery batch's results, with the worker's counts for its subscriptions, add to its
 /// broadcast's progress: one step, so both halves come from the same version of the batch.
-pub fn progress(counts: &OutcomeCounts, page: PageCounts, rejections: &[Rejection]) -> ProgressDelta {
-    ProgressDelta {
+/// `partial` names the batch's provisional snapshot, which the step replaces.
+pub fn progress(
+    counts: &OutcomeCounts,
+    page: PageCounts,
+    failures: &Failures,
+    partial: Option<String>,
+) -> ProgressDelta {
+    let mut delta = ProgressDelta {
         counts: BroadcastCounts {
             targeted: page.targeted,
             encrypted: page.encrypted,
             encrypt_failed: page.encrypt_failed,
             batches_done: 1,
             accepted: counts.delivered,
-            gone: counts.gone + page.gone,
+            gone: page.gone,
             pruned: counts.pruned + page.pruned,
-            rejected: counts.rejected,
-            failed: counts.failed + counts.rate_limited,
-            expired: counts.expired,
             ..BroadcastCounts::default()
         },
-        rejections: rejections
-            .iter()
-            .map(|r| {
-                let status = u16::try_from(r.http_status).unwrap_or(u16::MAX);
-                (RejectionReason { status, reason: r.reason.clone() }, r.count)
-            })
-            .collect(),
+        samples: failures.samples.clone(),
+        replaces_partial: partial,
+    };
+    add_failures(&mut delta.counts, failures);
+    delta
+}
+
+/// What a delivery batch's results message adds to its broadcast's progress, under
+/// [`result_step`]: its counts, failures by class and samples, and the removal of its provisional
+/// snapshot ([`partial_step`]).
+pub fn results_progress(results: &bus::DeliveryResultBatch) -> ProgressDelta {
+    progress(
+        &results.counts.unwrap_or_default(),
+        results.page_counts.unwrap_or_default(),
+        &Failures::from_bus(&results.failures),
+        Some(partial_step(results.shard_index, results.batch_seq)),
+    )
+}
+
+/// What a delivery batch has reached so far, as its provisional snapshot (see
+/// `BroadcastLedger::set_partial`): its page's counts and its finished deliveries, but not
+/// `batches_done`, so a snapshot never completes a broadcast.
+pub fn snapshot(page: PageCounts, delivered: u64, failures: &Failures) -> ProgressDelta {
+    let mut counts = BroadcastCounts {
+        targeted: page.targeted,
+        encrypted: page.encrypted,
+        encrypt_failed: page.encrypt_failed,
+        gone: page.gone,
+        pruned: page.pruned,
+        accepted: delivered,
+        ..BroadcastCounts::default()
+    };
+    add_failures(&mut counts, failures);
+    ProgressDelta { counts, ..ProgressDelta::default() }
+}
+
+/// Adds failures by class, and to the summary counter each class belongs to.
+fn add_failures(counts: &mut BroadcastCounts, failures: &Failures) {
+    for class in FailureClass::ALL {
+        let n = failures.count(class);
+        counts.failures[class.index()] += n;
+        let summary = match class.summary() {
+            Summary::Gone => &mut counts.gone,
+            Summary::Rejected => &mut counts.rejected,
+            Summary::Failed => &mut counts.failed,
+            Summary::Expired => &mut counts.expired,
+        };
+        *summary += n;
     }
 }
 
 /// A delivery batch of `count` with nothing deliverable in it: every subscription is reported
-/// with `reason` (an unknown VAPID key, say) so the broadcast's counts still close.
-pub fn refuse_batch(count: u64, reason: &str) -> (OutcomeCounts, Vec<Rejection>) {
-    let counts = OutcomeCounts { rejected: count, ..OutcomeCounts::default() };
-    (counts, vec![Rejection { http_status: 0, reason: reason.to_owned(), count }])
+/// as failed in `class` with `reason` (an unknown VAPID key, say) so the broadcast's counts
+/// still close.
+pub fn refuse_batch(count: u64, class: FailureClass, reason: &str) -> Failures {
+    let mut failures = Failures::default();
+    failures.add(class, count, reason);
+    failures
+}
+
+/// The class of a stored endpoint that cannot be sent to: refused by the egress policy (its
+/// host, or plain `http` where only loopback may use it), or otherwise unusable.
+pub fn endpoint_refusal(error: &SubscriptionError) -> FailureClass {
+    match error {
+        SubscriptionError::EndpointRefused(_) | SubscriptionError::EndpointNotHttps(_) => {
+            FailureClass::RefusedByPolicy
+        }
+        _ => FailureClass::Invalid,
+    }
+}
+
+/// The key of a delivery batch's provisional snapshot, replaced by its results step.
+pub fn partial_step(shard: u32, batch_seq: u32) -> String {
+    format!("partial/{shard}/{batch_seq}")
 }
 
 /// The step key under which a delivery batch's results count once.
@@ -393,57 +512,62 @@ mod tests {
     }
 
     #[test]
-    fn reports_add_up_and_rejections_group_by_reason() {
+    fn reports_add_up_by_class_and_the_dead_are_pruned() {
+        use FailureClass::*;
         let id = |n| SubscriptionId::from_bytes([n; 14]);
         let report = |n, outcome| Report { tag: id(n), outcome, attempts: 1 };
-        let rejected = || FinalOutcome::Rejected { status: 403, reason: "BadJwtToken".into() };
         let reports = vec![
             report(1, FinalOutcome::Accepted),
-            report(2, FinalOutcome::Gone),
-            report(3, rejected()),
-            report(4, rejected()),
-            report(
-                5,
-                FinalOutcome::FailedAfterRetries {
-                    attempts: 6,
-                    last: "HTTP 429".into(),
-                    throttled: true,
-                    transport: None,
-                },
-            ),
-            report(
-                6,
-                FinalOutcome::FailedAfterRetries {
-                    attempts: 6,
-                    last: "reset".into(),
-                    throttled: false,
-                    transport: Some(pushfan_gateway::TransportKind::Reset),
-                },
-            ),
-            report(7, FinalOutcome::Expired),
+            report(2, FinalOutcome::failed(Gone, "")),
+            report(3, FinalOutcome::failed(Unauthorized, "BadJwtToken")),
+            report(4, FinalOutcome::failed(Unauthorized, "BadJwtToken")),
+            report(5, FinalOutcome::failed(Throttled, "HTTP 429 past the throttle deadline")),
+            report(6, FinalOutcome::failed(TransportReset, "connection reset")),
+            report(7, FinalOutcome::failed(Expired, "")),
+            report(8, FinalOutcome::failed(RefusedByPolicy, "loopback")),
+            report(9, FinalOutcome::failed(NotFound, "")),
         ];
-        let (counts, gone, rejections) = tally(&reports);
-        assert_eq!(
-            (
-                counts.delivered,
-                counts.gone,
-                counts.rejected,
-                counts.rate_limited,
-                counts.failed,
-                counts.expired
-            ),
-            (1, 1, 2, 1, 1, 1)
-        );
-        assert_eq!(gone, vec![id(2)]);
-        assert_eq!(rejections, vec![Rejection { http_status: 403, reason: "BadJwtToken".into(), count: 2 }]);
+        let (delivered, failures, prune) = tally(&reports);
+        assert_eq!(delivered, 1);
+        assert_eq!(prune, vec![id(2), id(8), id(9)]);
+        assert_eq!((failures.count(Unauthorized), failures.count(Throttled)), (2, 1));
+        let on_bus = failures.to_bus();
+        assert_eq!(on_bus.len(), 7, "one entry per class that occurred: {on_bus:?}");
+        let unauthorized = on_bus.iter().find(|f| f.class == "unauthorized").unwrap();
+        assert_eq!((unauthorized.count, &unauthorized.samples[..]), (2, &["BadJwtToken".to_owned()][..]));
+        assert_eq!(Failures::from_bus(&on_bus), failures);
+
         // The page also held two expired subscriptions, one of them still in the store.
-        let page = PageCounts { targeted: 10, encrypted: 7, encrypt_failed: 1, gone: 2, pruned: 1 };
-        let delta = progress(&OutcomeCounts { pruned: 1, ..counts }, page, &rejections);
-        assert_eq!(delta.counts.failed, 2);
-        assert_eq!((delta.counts.gone, delta.counts.pruned), (3, 2));
+        let page = PageCounts { targeted: 12, encrypted: 9, encrypt_failed: 1, gone: 2, pruned: 1 };
+        let counts = OutcomeCounts { delivered, pruned: 3 };
+        let delta = progress(&counts, page, &failures, Some(partial_step(1, 2)));
+        let c = delta.counts;
+        assert_eq!((c.gone, c.pruned, c.rejected, c.failed, c.expired), (4, 4, 3, 2, 1));
+        assert_eq!(c.failures[Unauthorized.index()], 2);
+        assert_eq!(delta.replaces_partial.as_deref(), Some("partial/1/2"));
         // The worker's counts come in the same step: the batch closes its own subscriptions.
-        assert_eq!((delta.counts.targeted, delta.counts.encrypted, delta.counts.batches_done), (10, 7, 1));
-        assert_eq!(delta.counts.finished(), 10);
+        assert_eq!((c.targeted, c.encrypted, c.batches_done), (12, 9, 1));
+        assert_eq!(c.finished(), 12);
+        // A snapshot of the same counts never completes a batch.
+        let snapshot = snapshot(page, delivered, &failures);
+        assert_eq!((snapshot.counts.batches_done, snapshot.counts.finished()), (0, 12));
+    }
+
+    #[test]
+    fn a_batch_carries_few_short_samples_whatever_the_push_service_says() {
+        let mut failures = Failures::default();
+        for n in 0..5_000 {
+            let body = format!("random body {n} {}", "x".repeat(n % 700));
+            failures.add(FailureClass::Rejected, 1, &body);
+        }
+        failures.add(FailureClass::Rejected, 1, "random body 0");
+        let on_bus = failures.to_bus();
+        assert_eq!(on_bus.len(), 1);
+        assert_eq!(on_bus[0].count, 5_001);
+        assert_eq!(on_bus[0].samples.len(), MAX_BATCH_SAMPLES);
+        assert!(on_bus[0].samples.iter().all(|s| s.len() <= failure::MAX_SAMPLE_LEN));
+        let newer = FailureCount { class: "from_the_future".into(), count: 2, samples: Vec::new() };
+        assert_eq!(Failures::from_bus(&[newer]).count(FailureClass::Rejected), 2);
     }
 
     #[test]

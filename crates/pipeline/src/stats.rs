@@ -24,8 +24,7 @@ async fn record<B: Bus>(
     results: &Arc<DeliveryResultBatch>,
 ) -> Result<(), HandleError> {
     let (tenant, broadcast) = plan::identity(&results.tenant, &results.broadcast_id)?;
-    let counts = results.counts.unwrap_or_default();
-    let delta = plan::progress(&counts, results.page_counts.unwrap_or_default(), &results.rejections);
+    let delta = plan::results_progress(results);
     let step = plan::result_step(results.shard_index, results.batch_seq);
     pipeline.ledger.add_progress(&tenant, &broadcast, &step, &delta).await?;
     Ok(())

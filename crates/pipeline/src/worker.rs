@@ -273,9 +273,7 @@ impl DirectBatch {
             }
             None => {
                 let reason = format!("unknown VAPID key id {:?}", key.0.to_string());
-                let count = (batch.deliveries.len()
-                    + batch.refused.iter().map(|r| r.count as usize).sum::<usize>())
-                    as u64;
+                let count = (batch.deliveries.len() + batch.refused.len()) as u64;
                 deliverer::refuse(pipeline, batch.header, count, &reason, context, &waiter.slot)
                     .instrument(span)
                     .await?
@@ -450,7 +448,7 @@ impl<B: Bus> Pages<'_, B> {
             refused: Vec::new(),
             scanned,
         };
-        let policy = self.pipeline.config.endpoint_policy;
+        let policy = &self.pipeline.config.endpoint_policy;
         for (subscription, push) in encrypted {
             match subscription.endpoint.check(policy) {
                 Ok(()) => batch.deliveries.push(Pending::from(Delivery {
@@ -458,9 +456,8 @@ impl<B: Bus> Pages<'_, B> {
                     endpoint: subscription.endpoint,
                     push,
                 })),
-                Err(error) => {
-                    plan::add_rejection(&mut batch.refused, 0, &format!("endpoint refused: {error}"), 1)
-                }
+                // Counted in its class and pruned by the batch, never sent.
+                Err(error) => batch.refused.push(deliverer::Refused::new(subscription.id, &error)),
             }
         }
         let message = match self.pipeline.keyring.get(key) {

@@ -22,7 +22,7 @@ use pushfan_store::{
     VapidKeyId,
 };
 use pushfan_webpush::vapid::{Subject, TokenCache, VapidKey, VapidSigner};
-use pushfan_webpush::PushSubscription;
+use pushfan_webpush::{EndpointPolicy, FailureClass, PushSubscription};
 use tokio_util::sync::CancellationToken;
 
 const PAYLOAD: &[u8] = b"{\"title\":\"standalone\"}";
@@ -79,7 +79,7 @@ async fn start_failing(
     store_faults: Arc<StoreFaults>,
 ) -> Standalone {
     let sims = vec![sim(count, faults, None).await];
-    let config = PipelineConfig { page_size: 64, hand_off, ..PipelineConfig::default() };
+    let config = PipelineConfig { page_size: 64, hand_off, ..loopback(HandOff::default()) };
     start_with(sims, count, config, &[1], store_faults).await
 }
 
@@ -181,7 +181,22 @@ async fn start_with(
     keys: &[u32],
     store_faults: Arc<StoreFaults>,
 ) -> Standalone {
-    let bases: Vec<&str> = sims.iter().map(PushSimHandle::base_url).collect();
+    let layout: Vec<usize> = (0..sims.len()).collect();
+    start_laid_out(sims, &layout, count, config, keys, store_faults, RetryPolicy::default()).await
+}
+
+/// [`start_with`], subscriber `i` living on `sims[layout[i % layout.len()]]`, the gateway
+/// retrying as `retry` says (with fast backoffs).
+async fn start_laid_out(
+    sims: Vec<PushSimHandle>,
+    layout: &[usize],
+    count: u64,
+    config: PipelineConfig,
+    keys: &[u32],
+    store_faults: Arc<StoreFaults>,
+    retry: RetryPolicy,
+) -> Standalone {
+    let bases: Vec<&str> = layout.iter().map(|&sim| sims[sim].base_url()).collect();
     let population = Population::new(SEED, count).with_origins(&bases).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir.path(), ShardCount::new(8).unwrap()).unwrap());
@@ -222,7 +237,7 @@ async fn start_with(
         store: Arc::new(FailingStore { store: Arc::clone(&store), faults: Arc::clone(&store_faults) }),
         ledger: Arc::clone(&store) as Arc<dyn BroadcastLedger>,
         keyring: Arc::new(keyring),
-        gateway: gateway(&sims),
+        gateway: gateway_retrying(&sims, retry),
         config,
     };
     let shutdown = CancellationToken::new();
@@ -232,9 +247,15 @@ async fn start_with(
 
 /// A gateway trusting `sims`, retrying fast.
 fn gateway(sims: &[PushSimHandle]) -> Gateway {
+    gateway_retrying(sims, RetryPolicy::default())
+}
+
+/// A gateway trusting `sims`, retrying as `retry` says but with fast backoffs.
+fn gateway_retrying(sims: &[PushSimHandle], retry: RetryPolicy) -> Gateway {
     Gateway::new(GatewayConfig {
-        extra_root_certs: sims.iter().map(|sim| sim.tls().unwrap().ca_der().to_vec()).collect(),
-        retry: RetryPolicy { base_delay: Duration::from_millis(20), ..RetryPolicy::default() },
+        extra_root_certs: sims.iter().filter_map(|sim| Some(sim.tls()?.ca_der().to_vec())).collect(),
+        retry: RetryPolicy { base_delay: Duration::from_millis(20), ..retry },
+        egress: Arc::new(pushfan_webpush::EgressPolicy::allow_loopback()),
         ..GatewayConfig::default()
     })
     .unwrap()
@@ -535,7 +556,7 @@ for_each_hand_off!(a_throttling_origin_holds_back_only_its_own_deliveries);
 async fn a_throttling_origin_holds_back_only_its_own_deliveries(hand_off: HandOff) {
     let (sims, answers) = throttling_sims(3).await;
     let config =
-        PipelineConfig { page_size: 64, concurrent_batches: 4, hand_off, ..PipelineConfig::default() };
+        PipelineConfig { page_size: 64, concurrent_batches: 4, hand_off, ..loopback(HandOff::default()) };
     let places = config.concurrent_batches as u64;
     let app = start_on(sims, THROTTLING_COUNT, config, &[1]).await;
     let broadcast = app.publish("throttled-1", target::Kind::Everyone(bus::Everyone {})).await;
@@ -563,7 +584,7 @@ async fn a_throttling_origin_on_every_page_holds_back_only_its_own_deliveries(ha
         // Two whole Kafka-sized batches' worth (768 KiB each).
         parked_bytes: 2 * 768 * 1024,
         hand_off,
-        ..PipelineConfig::default()
+        ..loopback(HandOff::default())
     };
     let app = start_on(sims, THROTTLING_COUNT, config, &[1]).await;
     let broadcast = app.publish("throttled-everywhere", target::Kind::Everyone(bus::Everyone {})).await;
@@ -580,13 +601,14 @@ for_each_hand_off!(a_publish_signs_with_the_vapid_key_it_names);
 async fn a_publish_signs_with_the_vapid_key_it_names(hand_off: HandOff) {
     const COUNT: u64 = 100;
     let sims = vec![sim(COUNT, FaultPlan::default(), None).await];
-    let config = PipelineConfig { page_size: 64, hand_off, ..PipelineConfig::default() };
+    let config = PipelineConfig { page_size: 64, hand_off, ..loopback(HandOff::default()) };
     let app = start_on(sims, COUNT, config, &[2]).await;
     let everyone = || target::Kind::Everyone(bus::Everyone {});
 
     let own_keys = app.finished(&app.publish_signed("own-keys", everyone(), "").await).await;
     assert_eq!((own_keys.counts.accepted, own_keys.counts.rejected), (0, COUNT), "{own_keys:?}");
-    assert!(own_keys.rejections[0].0.reason.contains("unknown VAPID key id \"1\""), "{own_keys:?}");
+    assert_eq!(own_keys.counts.failures[FailureClass::Unauthorized.index()], COUNT, "{own_keys:?}");
+    assert!(own_keys.samples[0].1.contains("unknown VAPID key id \"1\""), "{own_keys:?}");
 
     let named = app.finished(&app.publish_signed("key-2", everyone(), "2").await).await;
     assert_eq!((named.counts.accepted, named.counts.rejected), (COUNT, 0), "{named:?}");
@@ -610,7 +632,7 @@ async fn a_process_that_dies_while_pages_are_parked_redoes_them() {
         ..FaultPlan::default()
     };
     let sims = vec![sim(COUNT, throttle, None).await, sim(COUNT, FaultPlan::default(), None).await];
-    let config = PipelineConfig { page_size: 1, hand_off: HandOff::Direct, ..PipelineConfig::default() };
+    let config = PipelineConfig { page_size: 1, hand_off: HandOff::Direct, ..loopback(HandOff::default()) };
     let mut app = start_on(sims, COUNT, config, &[1]).await;
     let broadcast = app.publish("parked", target::Kind::Everyone(bus::Everyone {})).await;
 
@@ -646,5 +668,117 @@ async fn a_process_that_dies_while_pages_are_parked_redoes_them() {
         healthy.received.more_than_one > 0,
         "pages delivered behind a parked page are redone: the checkpoint had not passed them: {healthy:?}"
     );
+    app.shutdown.cancel();
+}
+
+/// A pipeline configuration for the simulated push services on loopback.
+fn loopback(hand_off: HandOff) -> PipelineConfig {
+    PipelineConfig {
+        hand_off,
+        endpoint_policy: EndpointPolicy::allow_http_loopback(),
+        ..PipelineConfig::default()
+    }
+}
+
+for_each_hand_off!(random_reason_bodies_keep_the_broadcast_answer_small);
+/// Issue 17: a push service answering every push 400 with a random body (a distinct reason per
+/// subscriber) once made one `GetBroadcast` answer megabytes long, a ledger key per reason.
+/// Failures are counted by class with a few short samples, so the answer stays small and the
+/// count exact.
+async fn random_reason_bodies_keep_the_broadcast_answer_small(hand_off: HandOff) {
+    const COUNT: u64 = 5_000;
+    let faults = FaultPlan { garbled: Selection::fraction(1.0, 0), ..FaultPlan::default() };
+    let sims = vec![sim(COUNT, faults, None).await];
+    let app = start_on(sims, COUNT, loopback(hand_off), &[1]).await;
+    let broadcast = app.publish("garbled", target::Kind::Everyone(bus::Everyone {})).await;
+    let status = app.finished(&broadcast).await;
+    assert_eq!(app.sims[0].stats().status(400), COUNT, "every push was answered with a random 400");
+
+    let c = &status.counts;
+    assert_eq!((c.targeted, c.accepted, c.rejected, c.failed, c.gone), (COUNT, 0, COUNT, 0, 0));
+    assert_eq!(c.failures[FailureClass::Rejected.index()], COUNT);
+    assert_eq!(c.failures.iter().sum::<u64>(), COUNT, "one class only: {:?}", c.failures);
+    assert!(!status.samples.is_empty() && status.samples.len() <= 5, "{:?}", status.samples);
+    let answer = pushfan_ingest::convert::broadcast_message(broadcast.as_str(), &status);
+    let encoded = prost::Message::encoded_len(&answer);
+    assert!(encoded < 16 * 1024, "GetBroadcast would answer {encoded} bytes");
+    assert_eq!(answer.failures.len(), 1);
+    assert_eq!((answer.failures[0].class.as_str(), answer.failures[0].count), ("rejected", COUNT));
+    app.shutdown.cancel();
+}
+
+for_each_hand_off!(a_push_service_throttling_for_ever_holds_only_its_own_pushes_until_the_deadline);
+/// Issue 17: five subscriptions on a push service answering `429 Retry-After: 999999999` kept a
+/// 305-subscriber broadcast from completing for minutes (every 429 paused the origin again and
+/// spent an attempt), and the 300 pushes delivered elsewhere were counted only with their whole
+/// batch. Now the 300 are counted while the 5 still wait (the batches' provisional snapshots),
+/// and the 5 end as `throttled` at the throttle deadline, each after its one request.
+async fn a_push_service_throttling_for_ever_holds_only_its_own_pushes_until_the_deadline(hand_off: HandOff) {
+    const COUNT: u64 = 305;
+    let throttle = FaultPlan {
+        throttle: Burst { selection: Selection::fraction(1.0, 0), first: u32::MAX },
+        retry_after_secs: 999_999_999,
+        ..FaultPlan::default()
+    };
+    let sims = vec![sim(COUNT, FaultPlan::default(), None).await, sim(COUNT, throttle, None).await];
+    // Subscriber i lives on the throttling service when i % 61 == 60: 5 of 305.
+    let mut layout = vec![0; 61];
+    layout[60] = 1;
+    let retry = RetryPolicy { throttle_deadline: Duration::from_secs(4), ..RetryPolicy::default() };
+    let app = start_laid_out(sims, &layout, COUNT, loopback(hand_off), &[1], Arc::default(), retry).await;
+    let broadcast = app.publish("held", target::Kind::Everyone(bus::Everyone {})).await;
+
+    // Every good push counted while the throttled ones still wait: an event, polled for; the
+    // bound (a minute) only ends a test that fails.
+    let tenant = TenantId::new(TENANT).unwrap();
+    let ledger: &dyn BroadcastLedger = &*app.store;
+    let mut counted_early = None;
+    for _ in 0..1200 {
+        if let Some(status) = ledger.status(&tenant, &broadcast).await.unwrap() {
+            if status.counts.accepted >= COUNT - 5 || status.is_complete() {
+                counted_early = Some(status);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let early = counted_early.expect("the good pushes were never counted");
+    assert_eq!(early.counts.accepted, COUNT - 5, "{early:?}");
+    assert!(!early.is_complete(), "counted only when the broadcast ended: {early:?}");
+
+    let status = app.finished(&broadcast).await;
+    let c = &status.counts;
+    assert_eq!((c.targeted, c.accepted, c.failed, c.rejected, c.expired), (COUNT, COUNT - 5, 5, 0, 0));
+    assert_eq!(c.failures[FailureClass::Throttled.index()], 5, "{status:?}");
+    assert_eq!(c.batches_done, c.batches_sent);
+    assert_eq!(app.sims[0].stats().received.exactly_one, COUNT - 5);
+    let throttled = app.sims[1].stats();
+    assert!(
+        throttled.status(429) <= 5 && throttled.status(201) == 0,
+        "no request after the first 429 of each: {throttled:?}"
+    );
+    app.shutdown.cancel();
+}
+
+for_each_hand_off!(stored_endpoints_the_policy_refuses_are_counted_and_pruned);
+/// A stored subscription whose endpoint the deployment's policy now refuses (here plain `http`,
+/// with `allow_http_loopback` off) is never sent to: it is counted as `refused_by_policy` and
+/// deleted, like a 410, and the others are delivered.
+async fn stored_endpoints_the_policy_refuses_are_counted_and_pruned(hand_off: HandOff) {
+    const COUNT: u64 = 200;
+    let mut plain = PushSimConfig::new(Population::new(SEED, COUNT));
+    plain.expected_payload = Some(Bytes::from_static(PAYLOAD));
+    let sims = vec![sim(COUNT, FaultPlan::default(), None).await, PushSim::start(plain).await.unwrap()];
+    let https_only = EndpointPolicy { allow_http_loopback: false, ..EndpointPolicy::allow_http_loopback() };
+    let config = PipelineConfig { endpoint_policy: https_only, ..loopback(hand_off) };
+    let app =
+        start_laid_out(sims, &[0, 1], COUNT, config, &[1], Arc::default(), RetryPolicy::default()).await;
+    let broadcast = app.publish("refused", target::Kind::Everyone(bus::Everyone {})).await;
+    let status = app.finished(&broadcast).await;
+    let c = &status.counts;
+    assert_eq!((c.targeted, c.accepted, c.rejected, c.pruned), (COUNT, COUNT / 2, COUNT / 2, COUNT / 2));
+    assert_eq!(c.failures[FailureClass::RefusedByPolicy.index()], COUNT / 2, "{status:?}");
+    assert_eq!(app.sims[1].stats().received.exactly_one, 0, "nothing reached the refused endpoints");
+    assert_eq!(app.stored().await, COUNT as usize / 2, "the refused subscriptions were deleted");
     app.shutdown.cancel();
 }

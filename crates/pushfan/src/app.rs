@@ -255,7 +255,11 @@ fn gateway(config: &Config) -> anyhow::Result<Gateway> {
         max_in_flight_per_origin: config.gateway.max_in_flight_per_origin,
         connections_per_origin: config.gateway.connections_per_origin,
         request_timeout: config.request_timeout(),
-        retry: RetryPolicy { max_attempts: config.gateway.max_attempts, ..RetryPolicy::default() },
+        retry: RetryPolicy {
+            max_attempts: config.gateway.max_attempts,
+            throttle_deadline: Duration::from_secs(config.gateway.throttle_deadline_secs),
+            ..RetryPolicy::default()
+        },
         plaintext_h2c: config.gateway.h2c,
         extra_root_certs,
         ..GatewayConfig::default()

@@ -160,7 +160,7 @@ impl Clients {
 /// A broadcast's final counts, one per line.
 pub(crate) fn summary(broadcast: &Broadcast) -> String {
     let mut text = format!(
-        "broadcast {}\n  targeted {}\n  encrypted {} (failed {})\n  accepted {}\n  gone {} (pruned {})\n  rejected {}\n  failed after retries {}\n  expired {}\n",
+        "broadcast {}\n  targeted {}\n  encrypted {} (failed {})\n  accepted {}\n  gone {} (pruned {})\n  rejected {}\n  failed {}\n  expired {}\n",
         broadcast.broadcast_id,
         broadcast.targeted,
         broadcast.encrypted,
@@ -172,11 +172,11 @@ pub(crate) fn summary(broadcast: &Broadcast) -> String {
         broadcast.failed,
         broadcast.expired,
     );
-    for rejection in &broadcast.rejections {
-        text.push_str(&format!(
-            "    {} × HTTP {} {}\n",
-            rejection.count, rejection.http_status, rejection.reason
-        ));
+    for failure in &broadcast.failures {
+        text.push_str(&format!("  {} {}\n", failure.class, failure.count));
+        for sample in &failure.samples {
+            text.push_str(&format!("    e.g. {sample}\n"));
+        }
     }
     text
 }

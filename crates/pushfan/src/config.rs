@@ -519,6 +519,9 @@ impl Config {
                 "gateway.max_in_flight_per_origin, gateway.max_attempts and gateway.connections_per_origin must be at least 1"
             );
         }
+        if self.gateway.throttle_deadline_secs == 0 {
+            bail!("gateway.throttle_deadline_secs must be at least 1");
+        }
         Ok(())
     }
 

@@ -15,6 +15,7 @@ const GONE: u8 = 1;
 const NOT_FOUND: u8 = 2;
 const THROTTLE: u8 = 4;
 const FAIL: u8 = 8;
+const GARBLE: u8 = 16;
 
 /// Which subscribers a fault applies to.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -81,6 +82,9 @@ pub struct FaultPlan {
     pub fail: Burst,
     /// Held before every answer, to simulate a slow push service.
     pub delay: Duration,
+    /// Answered 400 with a random body (up to 1 KB, different every time) on every request: a
+    /// push service that answers anything.
+    pub garbled: Selection,
 }
 
 /// A fault the push service answers with instead of processing the message.
@@ -94,6 +98,8 @@ pub enum Fault {
     Throttled { retry_after_secs: u32 },
     /// 500.
     ServerError,
+    /// 400 with a random body.
+    Garbled,
 }
 
 /// The rule: gone and not-found are permanent; a throttled subscriber's first `throttle_first`
@@ -110,6 +116,9 @@ pub(crate) fn decide(
     }
     if flags & NOT_FOUND != 0 {
         return Some(Fault::NotFound);
+    }
+    if flags & GARBLE != 0 {
+        return Some(Fault::Garbled);
     }
     let throttled = if flags & THROTTLE != 0 { throttle_first } else { 0 };
     if attempt < throttled {
@@ -158,6 +167,7 @@ impl Faults {
                 (&plan.not_found, NOT_FOUND),
                 (&plan.throttle.selection, THROTTLE),
                 (&plan.fail.selection, FAIL),
+                (&plan.garbled, GARBLE),
             ] {
                 if selection.contains(index) {
                     value |= bit;
@@ -184,6 +194,11 @@ impl Faults {
     /// Throttles one subscriber's first requests (429), or stops.
     pub fn set_throttled(&self, index: u64, throttled: bool) {
         self.set_flag(index, THROTTLE, throttled);
+    }
+
+    /// Answers one subscriber 400 with a random body, or stops.
+    pub fn set_garbled(&self, index: u64, garbled: bool) {
+        self.set_flag(index, GARBLE, garbled);
     }
 
     /// Fails one subscriber's first requests (500), or stops.
@@ -253,6 +268,7 @@ mod tests {
         assert_eq!(answers, vec![throttled, throttled, error, error, error, None]);
         assert_eq!(decide(FAIL, 0, 2, 1, 7), error);
         assert_eq!(decide(FAIL, 1, 2, 1, 7), None);
+        assert_eq!(decide(GARBLE | THROTTLE, 0, 2, 1, 7), Some(Fault::Garbled));
     }
 
     #[test]

@@ -409,6 +409,7 @@ impl Handler {
             Fault::NotFound => (Status::NotFound, "NotFound"),
             Fault::Throttled { .. } => (Status::TooManyRequests, "TooManyRequests"),
             Fault::ServerError => (Status::InternalServerError, "InternalServerError"),
+            Fault::Garbled => return (Status::BadRequest, garbled()),
         };
         let mut response = self.respond(status, reason, None);
         if let Fault::Throttled { retry_after_secs } = fault {
@@ -416,6 +417,16 @@ impl Handler {
         }
         (status, response)
     }
+}
+
+/// A 400 whose body is random text of up to 1 KB, a different one every time.
+fn garbled() -> Response<Full<Bytes>> {
+    let len = fastrand::usize(16..=1024);
+    let body: String = std::iter::repeat_with(fastrand::alphanumeric).take(len).collect();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
 }
 
 /// Starts simulated push services.

@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use common::{subscription, unique_tenant, Fixture, Store};
 use pushfan_store::ledger::{
-    BroadcastCounts, BroadcastId, BroadcastLedger, BroadcastStatus, ProgressDelta, RejectionReason,
-    ShardCheckpoint, BROADCAST_RETENTION,
+    BroadcastCounts, BroadcastId, BroadcastLedger, BroadcastStatus, ProgressDelta, ShardCheckpoint,
+    BROADCAST_RETENTION, MAX_SAMPLES_PER_CLASS,
 };
 use pushfan_store::{
     Audience, EmbeddedStore, ScanCursor, ShardCount, ShardId, StoreError, SubscriptionStore, TenantId,
     UnixSeconds,
 };
+use pushfan_webpush::FailureClass;
 
 /// Two shards, so a few hundred subscriptions make each shard's Redis hash big enough (over 128
 /// entries) for `HSCAN` to return a cursor in the middle of it.
@@ -40,12 +41,19 @@ fn broadcast(id: &str) -> BroadcastId {
     BroadcastId::new(id).unwrap()
 }
 
-fn rejection(status: u16, reason: &str) -> RejectionReason {
-    RejectionReason { status, reason: reason.into() }
+fn sample(class: FailureClass, text: &str) -> (FailureClass, String) {
+    (class, text.into())
 }
 
-fn delta(counts: BroadcastCounts, rejections: &[(RejectionReason, u64)]) -> ProgressDelta {
-    ProgressDelta { counts, rejections: rejections.to_vec() }
+fn delta(counts: BroadcastCounts, samples: &[(FailureClass, String)]) -> ProgressDelta {
+    ProgressDelta { counts, samples: samples.to_vec(), replaces_partial: None }
+}
+
+/// `n` rejected deliveries, all of class `rejected`.
+fn rejected(n: u64) -> BroadcastCounts {
+    let mut counts = BroadcastCounts { rejected: n, ..Default::default() };
+    counts.failures[FailureClass::Rejected.index()] = n;
+    counts
 }
 
 fn targeted(n: u64) -> ProgressDelta {
@@ -113,7 +121,7 @@ async fn creating_twice_changes_nothing(store: &dyn Store) {
     assert_eq!(status.shards_total, 16);
     assert_eq!(status.created_at, UnixSeconds(1_700_000_000));
     assert_eq!(status.counts, BroadcastCounts { targeted: 5, encrypted: 5, ..Default::default() });
-    assert!(status.rejections.is_empty());
+    assert!(status.samples.is_empty());
     assert!(!status.is_complete());
 }
 
@@ -165,37 +173,70 @@ async fn progress_counts_once_per_step(store: Arc<dyn Store>) {
     assert!(matches!(err, StoreError::InvalidName { kind: "progress step", .. }), "{err}");
 }
 
-async fn rejections_merge_and_sort_most_frequent_first(store: &dyn Store) {
-    let tenant = unique_tenant("rejections");
-    let id = broadcast("b-rej");
+async fn failures_count_by_class_and_keep_the_first_distinct_samples(store: &dyn Store) {
+    let tenant = unique_tenant("failures");
+    let id = broadcast("b-fail");
     store.create_broadcast(&tenant, &id, 1, UnixSeconds(1)).await.unwrap();
-    let rejected = |n| BroadcastCounts { rejected: n, ..Default::default() };
-    let first = delta(
-        rejected(6),
-        &[
-            (rejection(400, "BadJwtToken"), 1),
-            (rejection(413, "PayloadTooLarge"), 2),
-            // The same reason twice in one delta adds up; a zero count adds nothing.
-            (rejection(400, "BadJwtToken"), 1),
-            (rejection(403, "unused"), 0),
-            (rejection(400, "a|reason with|bars"), 2),
-        ],
-    );
-    assert!(store.add_progress(&tenant, &id, "result/0/0", &first).await.unwrap());
-    let second = delta(rejected(4), &[(rejection(400, "BadJwtToken"), 3), (rejection(429, ""), 1)]);
-    assert!(store.add_progress(&tenant, &id, "result/0/1", &second).await.unwrap());
-    assert!(!store.add_progress(&tenant, &id, "result/0/1", &second).await.unwrap());
+    let texts = |from: usize, to: usize| -> Vec<(FailureClass, String)> {
+        (from..to).map(|n| sample(FailureClass::Rejected, &format!("body {n}"))).collect()
+    };
+    let mut first = texts(0, 3);
+    first.push(sample(FailureClass::Unauthorized, "BadJwtToken"));
+    first.push(sample(FailureClass::Rejected, "a|reason with|bars"));
+    let mut counts = rejected(6);
+    counts.failures[FailureClass::Unauthorized.index()] = 1;
+    assert!(store.add_progress(&tenant, &id, "result/0/0", &delta(counts, &first)).await.unwrap());
+    // Repeats of kept samples are not kept twice; past five per class nothing more is kept.
+    let mut second = texts(1, 9);
+    second.insert(0, sample(FailureClass::Unauthorized, "BadJwtToken"));
+    assert!(store.add_progress(&tenant, &id, "result/0/1", &delta(rejected(4), &second)).await.unwrap());
+    assert!(!store.add_progress(&tenant, &id, "result/0/1", &delta(rejected(4), &second)).await.unwrap());
     let status = status(store, &tenant, &id).await;
     assert_eq!(status.counts.rejected, 10);
+    assert_eq!(status.counts.failures[FailureClass::Rejected.index()], 10);
+    assert_eq!(status.counts.failures[FailureClass::Unauthorized.index()], 1);
+    let of = |class| -> Vec<&str> {
+        status.samples.iter().filter(|(c, _)| *c == class).map(|(_, t)| t.as_str()).collect()
+    };
+    assert_eq!(of(FailureClass::Unauthorized), ["BadJwtToken"]);
+    let mut kept = of(FailureClass::Rejected);
+    assert_eq!(kept.len(), MAX_SAMPLES_PER_CLASS);
+    kept.sort_unstable();
+    assert_eq!(kept, ["a|reason with|bars", "body 0", "body 1", "body 2", "body 3"]);
+}
+
+async fn provisional_snapshots_replace_and_their_results_step_removes_them(store: &dyn Store) {
+    let tenant = unique_tenant("partial");
+    let id = broadcast("b-partial");
+    store.create_broadcast(&tenant, &id, 1, UnixSeconds(1)).await.unwrap();
+    let so_far = |accepted| BroadcastCounts { targeted: 10, encrypted: 10, accepted, ..Default::default() };
+    let (tenant, id) = (&tenant, &id);
+    let set = |seq, accepted| {
+        let delta = delta(so_far(accepted), &[]);
+        async move { store.set_partial(tenant, id, "partial/0/0", "result/0/0", seq, &delta).await.unwrap() }
+    };
+    assert!(set(3, 3).await);
+    assert!(set(7, 7).await);
+    // An older snapshot (a redelivery's, out of order) does not replace a newer one.
+    assert!(!set(5, 5).await);
+    let live = status(store, tenant, id).await;
+    assert_eq!((live.counts.targeted, live.counts.accepted), (10, 7));
+    assert!(!live.is_complete(), "a snapshot never completes a batch");
+
+    let mut done = so_far(9);
+    done.batches_done = 1;
+    done.failed = 1;
+    let results = ProgressDelta { replaces_partial: Some("partial/0/0".into()), ..delta(done, &[]) };
+    assert!(store.add_progress(tenant, id, "result/0/0", &results).await.unwrap());
+    let after = status(store, tenant, id).await;
     assert_eq!(
-        status.rejections,
-        vec![
-            (rejection(400, "BadJwtToken"), 5),
-            (rejection(400, "a|reason with|bars"), 2),
-            (rejection(413, "PayloadTooLarge"), 2),
-            (rejection(429, ""), 1),
-        ]
+        (after.counts.targeted, after.counts.accepted, after.counts.failed),
+        (10, 9, 1),
+        "counted once"
     );
+    // A snapshot arriving after its batch's results changes nothing.
+    assert!(!set(10, 10).await);
+    assert_eq!(status(store, tenant, id).await.counts, after.counts);
 }
 
 async fn checkpoints_round_trip(store: &dyn Store) {
@@ -325,8 +366,16 @@ macro_rules! ledger_conformance {
             }
 
             #[tokio::test]
-            async fn rejections_merge_and_sort_most_frequent_first() {
-                super::rejections_merge_and_sort_most_frequent_first(&*super::$backend().await.store).await;
+            async fn failures_count_by_class_and_keep_the_first_distinct_samples() {
+                let fixture = super::$backend().await;
+                super::failures_count_by_class_and_keep_the_first_distinct_samples(&*fixture.store).await;
+            }
+
+            #[tokio::test]
+            async fn provisional_snapshots_replace_and_their_results_step_removes_them() {
+                let fixture = super::$backend().await;
+                super::provisional_snapshots_replace_and_their_results_step_removes_them(&*fixture.store)
+                    .await;
             }
 
             #[tokio::test]
@@ -371,18 +420,16 @@ async fn a_reopened_embedded_ledger_has_lost_nothing() {
         let checkpoint = ShardCheckpoint { cursor: page.next, next_page: 1 };
         store.claim_idempotency_key(&tenant, "k", &id, Duration::from_secs(3600)).await.unwrap();
         store.create_broadcast(&tenant, &id, 2, UnixSeconds(9)).await.unwrap();
-        let rejected = BroadcastCounts { rejected: 2, ..Default::default() };
-        store
-            .add_progress(&tenant, &id, "result/0/0", &delta(rejected, &[(rejection(400, "x"), 2)]))
-            .await
-            .unwrap();
+        let samples = [sample(FailureClass::Rejected, "x")];
+        store.add_progress(&tenant, &id, "result/0/0", &delta(rejected(2), &samples)).await.unwrap();
         store.save_checkpoint(&tenant, &id, ShardId(1), checkpoint).await.unwrap();
         checkpoint
     };
     let store = EmbeddedStore::open(dir.path(), shards).unwrap();
     let status = status(&store, &tenant, &id).await;
     assert_eq!((status.shards_total, status.created_at, status.counts.rejected), (2, UnixSeconds(9), 2));
-    assert_eq!(status.rejections, vec![(rejection(400, "x"), 2)]);
+    assert_eq!(status.samples, vec![sample(FailureClass::Rejected, "x")]);
+    assert_eq!(status.counts.failures[FailureClass::Rejected.index()], 2);
     assert_eq!(store.load_checkpoint(&tenant, &id, ShardId(1)).await.unwrap(), Some(checkpoint));
     // The step and the claim are remembered too.
     assert!(!store.add_progress(&tenant, &id, "result/0/0", &targeted(1)).await.unwrap());
@@ -396,11 +443,8 @@ async fn redis_ledger_keys_expire_together() {
     let tenant = unique_tenant("expiry");
     let id = broadcast("b-exp");
     store.create_broadcast(&tenant, &id, 1, UnixSeconds(1)).await.unwrap();
-    let rejected = BroadcastCounts { rejected: 1, ..Default::default() };
-    store
-        .add_progress(&tenant, &id, "result/0/0", &delta(rejected, &[(rejection(400, "x"), 1)]))
-        .await
-        .unwrap();
+    let samples = [sample(FailureClass::Rejected, "x")];
+    store.add_progress(&tenant, &id, "result/0/0", &delta(rejected(1), &samples)).await.unwrap();
     let checkpoint = ShardCheckpoint { cursor: Some(ScanCursor::START), next_page: 1 };
     store.save_checkpoint(&tenant, &id, ShardId(0), checkpoint).await.unwrap();
 

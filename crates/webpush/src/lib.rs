@@ -7,6 +7,7 @@
 //!   user agent's side for decryption.
 //! - [`batch`]: one payload for many subscribers with rayon, a result per subscriber.
 //! - [`rfc8030`]: request headers (TTL, Urgency, Topic) and response classification.
+//! - [`failure`]: the closed set of failure classes a broadcast counts, and bounded samples.
 //! - [`vapid`]: RFC 8292 keys, tokens, a per-origin token cache, and verification.
 //! - [`Backend`]: AWS-LC (default) or RustCrypto, byte-identical.
 //!
@@ -19,6 +20,7 @@ mod backend;
 pub mod batch;
 pub mod ece;
 pub mod egress;
+pub mod failure;
 pub mod message;
 pub mod rfc8030;
 pub mod subscription;
@@ -27,6 +29,7 @@ pub mod vapid;
 pub use backend::Backend;
 pub use batch::{encrypt_batch, Recipient};
 pub use egress::{AddressClass, EgressError, EgressPolicy, HostPattern, HostPatternError};
+pub use failure::FailureClass;
 pub use message::{
     encrypt, AesgcmParams, ContentEncoding, DecryptError, EncryptError, EncryptedPush, Padding, UserAgentKeys,
 };

@@ -98,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
         retry_after_secs: args.retry_after,
         fail: Burst { selection: Selection::fraction(args.fail, args.seed ^ 3), first: args.fail_first },
         delay: Duration::from_millis(args.delay_ms),
+        garbled: Selection::None,
     };
     let mut config = PushSimConfig {
         vapid_sample: Sample::one_in(args.vapid_sample),
