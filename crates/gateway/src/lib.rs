@@ -26,7 +26,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-pub use retry::{Attempt, FinalOutcome, Next, RetryPolicy, TransportFailure, TransportKind};
+pub use pushfan_webpush::FailureClass;
+pub use retry::{Attempt, FinalOutcome, Next, RetryPolicy, TransportFailure, TransportKind, Tries};
 
 /// Error bodies longer than this are cut: enough for any push service's reason.
 const MAX_ERROR_BODY: usize = 4096;
@@ -140,7 +141,7 @@ impl<T> Pending<T> {
 
 impl<T> From<Delivery<T>> for Pending<T> {
     fn from(delivery: Delivery<T>) -> Self {
-        Self { delivery, attempts: 0, ready_at: None }
+        Self { delivery, attempts: 0, failures: 0, throttled_since: None, throttle_status: 0, ready_at: None }
     }
 }
 
@@ -159,6 +160,13 @@ struct Origin {
     name: String,
     /// Starts with one permit: the pool cannot know an origin speaks HTTP/2 until ALPN says
     /// so, and would open a connection per concurrent request. The first answer opens the rest.
+    /// Of those, the failures that count toward `max_attempts` (429/503 answers do not).
+    failures: u32,
+    /// When its push service first held it back (a 429/503, or its origin found paused): the
+    /// throttle deadline counts from here.
+    throttled_since: Option<Instant>,
+    /// The status of its last 429/503 answer; 0 if none.
+    throttle_status: u16,
     in_flight: Semaphore,
     /// Permits still to add once the first connection has answered.
     held_back: AtomicUsize,
@@ -328,11 +336,22 @@ impl Gateway {
         loop {
             // The pause is read again before every attempt: another delivery's 429 may have
             // extended it while this one was away.
-            let paused_until = origin.paused_until_ms.load(Ordering::Acquire);
-            if paused_until > 0 || pending.ready_at.is_some() {
-                let paused_until = self.inner.epoch + Duration::from_millis(paused_until);
-                let until = pending.ready_at.map_or(paused_until, |ready| ready.max(paused_until));
-                if until > Instant::now() {
+            let paused_until_ms = origin.paused_until_ms.load(Ordering::Acquire);
+            if paused_until_ms > 0 || pending.ready_at.is_some() || pending.throttled_since.is_some() {
+                let now = Instant::now();
+                let paused_until = self.inner.epoch + Duration::from_millis(paused_until_ms);
+                if paused_until > now {
+                    pending.throttled_since.get_or_insert(now);
+                }
+                let mut until = pending.ready_at.map_or(paused_until, |ready| ready.max(paused_until));
+                if let Some(since) = pending.throttled_since {
+                    if policy.throttled_out(now.saturating_duration_since(since)) {
+                        let outcome = retry::throttled_out(pending.throttle_status);
+                        return self.finish(&origin, pending, outcome);
+                    }
+                    until = until.min(since + policy.throttle_deadline);
+                }
+                if until > now {
                     pending.ready_at = Some(until);
                     return Progress::Waiting(pending);
                 }
@@ -351,25 +370,24 @@ impl Gateway {
             if let Attempt::Response(outcome) = &attempt {
                 origin.metrics.responses.increment(outcome.label());
             }
-            let now = SystemTime::now();
-            match self.inner.config.retry.next(
-                attempt,
-                pending.attempts,
-                now,
-                message.expires_at,
-                fastrand::f64(),
-            ) {
+            let tries = retry::Tries {
+                failures: pending.failures,
+                throttled_for: pending.throttled_since.map(|since| since.elapsed()),
+            };
+            match policy.next(attempt, tries, SystemTime::now(), message.expires_at, fastrand::f64()) {
                 Next::Finish(outcome) => {
-                    origin.metrics.deliveries.increment(outcome.label());
-                    if let FinalOutcome::Rejected { status, reason } = &outcome {
-                        debug!(endpoint = %delivery.endpoint, status, reason, "push rejected");
+                    if let FinalOutcome::Failed { class, detail } = &outcome {
+                        debug!(endpoint = %pending.delivery.endpoint, %class, detail, "push failed");
                     }
-                    let Pending { delivery, attempts, .. } = pending;
-                    return Progress::Done(Report { tag: delivery.tag, outcome, attempts });
+                    return self.finish(&origin, pending, outcome);
                 }
                 Next::Retry { delay, pause_origin } => {
-                    if let Some(pause) = pause_origin {
-                        self.pause(&origin, pause);
+                    match pause_origin {
+                        Some(pause) => {
+                            self.pause(&origin, pause);
+                            pending.throttled_since.get_or_insert_with(Instant::now);
+                        }
+                        None => pending.failures += 1,
                     }
                     origin.metrics.retries.increment(1);
                     pending.ready_at = Some(Instant::now() + delay);
@@ -385,7 +403,10 @@ impl Gateway {
         // A retried message has already waited: tell the push service how long it has left.
         let remaining = message.expires_at.duration_since(now).unwrap_or_default().as_secs();
         let ttl = u32::try_from(remaining).unwrap_or(u32::MAX).min(message.options.ttl);
-        let request = build_request(&delivery.endpoint, &delivery.push, &message.options, ttl, &token);
+        let request = match build_request(&delivery.endpoint, &delivery.push, &message.options, ttl, &token) {
+            Ok(request) => request,
+            Err(error) => return Attempt::Unsendable(error),
+        };
         let exchange = async {
             let answer = self.inner.connector.send(&origin.connections, request).await?;
             Ok::<_, TransportFailure>(classify(
@@ -430,7 +451,12 @@ impl Gateway {
         if self.extend_pause(&self.origin(origin), left) {
             debug!(
                 origin,
+    ///
+    /// Waiting spends no attempt. A delivery held back by throttling (its own 429/503, or its
+    /// origin's pause) for `throttle_deadline` finishes as `throttled` without another request,
+    /// and never waits past that deadline.
                 pause_ms = left.as_millis() as u64,
+        let policy = &self.inner.config.retry;
                 "another process was throttled; pausing the origin here too"
             );
         }
@@ -456,6 +482,9 @@ pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, GatewayError> {
     use rustls::pki_types::pem::PemObject;
     let certificates = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .map(|cert| cert.map(|der| der.to_vec()))
+                if let PushOutcome::Throttled { status, .. } = outcome {
+                    pending.throttle_status = *status;
+                }
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| GatewayError::RootCertificate(e.to_string()))?;
     if certificates.is_empty() {
@@ -463,3 +492,9 @@ pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, GatewayError> {
     }
     Ok(certificates)
 }
+    fn finish<T>(&self, origin: &Origin, pending: Pending<T>, outcome: FinalOutcome) -> Progress<T> {
+        origin.metrics.deliveries.increment(outcome.label());
+        let Pending { delivery, attempts, .. } = pending;
+        Progress::Done(Report { tag: delivery.tag, outcome, attempts })
+    }
+
