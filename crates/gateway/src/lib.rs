@@ -117,6 +117,13 @@ pub struct Pending<T> {
     delivery: Delivery<T>,
     /// Requests made so far.
     attempts: u32,
+    /// Of those, the failures that count toward `max_attempts` (429/503 answers do not).
+    failures: u32,
+    /// When its push service first held it back (a 429/503, or its origin found paused): the
+    /// throttle deadline counts from here.
+    throttled_since: Option<Instant>,
+    /// The status of its last 429/503 answer; 0 if none.
+    throttle_status: u16,
     /// No attempt before this (a backoff or the origin's pause); `None` for a new delivery.
     ready_at: Option<Instant>,
 }
@@ -160,13 +167,6 @@ struct Origin {
     name: String,
     /// Starts with one permit: the pool cannot know an origin speaks HTTP/2 until ALPN says
     /// so, and would open a connection per concurrent request. The first answer opens the rest.
-    /// Of those, the failures that count toward `max_attempts` (429/503 answers do not).
-    failures: u32,
-    /// When its push service first held it back (a 429/503, or its origin found paused): the
-    /// throttle deadline counts from here.
-    throttled_since: Option<Instant>,
-    /// The status of its last 429/503 answer; 0 if none.
-    throttle_status: u16,
     in_flight: Semaphore,
     /// Permits still to add once the first connection has answered.
     held_back: AtomicUsize,
@@ -332,7 +332,12 @@ impl Gateway {
     /// Attempts `pending` until it finishes or has to wait for its origin's pause or its own
     /// backoff to end. Takes the origin by value so that `send_ready`'s stream holds this future
     /// alone, not a wrapper that keeps a second copy of the delivery.
+    ///
+    /// Waiting spends no attempt. A delivery held back by throttling (its own 429/503, or its
+    /// origin's pause) for `throttle_deadline` finishes as `throttled` without another request,
+    /// and never waits past that deadline.
     async fn step<T>(&self, message: &Message, origin: Arc<Origin>, mut pending: Pending<T>) -> Progress<T> {
+        let policy = &self.inner.config.retry;
         loop {
             // The pause is read again before every attempt: another delivery's 429 may have
             // extended it while this one was away.
@@ -369,6 +374,9 @@ impl Gateway {
             };
             if let Attempt::Response(outcome) = &attempt {
                 origin.metrics.responses.increment(outcome.label());
+                if let PushOutcome::Throttled { status, .. } = outcome {
+                    pending.throttle_status = *status;
+                }
             }
             let tries = retry::Tries {
                 failures: pending.failures,
@@ -394,6 +402,12 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    fn finish<T>(&self, origin: &Origin, pending: Pending<T>, outcome: FinalOutcome) -> Progress<T> {
+        origin.metrics.deliveries.increment(outcome.label());
+        let Pending { delivery, attempts, .. } = pending;
+        Progress::Done(Report { tag: delivery.tag, outcome, attempts })
     }
 
     async fn attempt<T>(&self, message: &Message, origin: &Origin, delivery: &Delivery<T>) -> Attempt {
@@ -451,12 +465,7 @@ impl Gateway {
         if self.extend_pause(&self.origin(origin), left) {
             debug!(
                 origin,
-    ///
-    /// Waiting spends no attempt. A delivery held back by throttling (its own 429/503, or its
-    /// origin's pause) for `throttle_deadline` finishes as `throttled` without another request,
-    /// and never waits past that deadline.
                 pause_ms = left.as_millis() as u64,
-        let policy = &self.inner.config.retry;
                 "another process was throttled; pausing the origin here too"
             );
         }
@@ -482,9 +491,6 @@ pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, GatewayError> {
     use rustls::pki_types::pem::PemObject;
     let certificates = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .map(|cert| cert.map(|der| der.to_vec()))
-                if let PushOutcome::Throttled { status, .. } = outcome {
-                    pending.throttle_status = *status;
-                }
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| GatewayError::RootCertificate(e.to_string()))?;
     if certificates.is_empty() {
@@ -492,9 +498,3 @@ pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, GatewayError> {
     }
     Ok(certificates)
 }
-    fn finish<T>(&self, origin: &Origin, pending: Pending<T>, outcome: FinalOutcome) -> Progress<T> {
-        origin.metrics.deliveries.increment(outcome.label());
-        let Pending { delivery, attempts, .. } = pending;
-        Progress::Done(Report { tag: delivery.tag, outcome, attempts })
-    }
-
