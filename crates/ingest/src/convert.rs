@@ -277,9 +277,6 @@ pub fn broadcast_message(id: &str, status: &BroadcastStatus) -> v1::Broadcast {
     }
 }
 
-fn timestamp(at: UnixSeconds) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: i64::from(at.0), nanos: 0 }
-}
 /// The broadcast's failures by class (class order), each with the samples the ledger kept.
 fn failures(status: &BroadcastStatus) -> Vec<v1::Failure> {
     pushfan_webpush::FailureClass::ALL
@@ -298,6 +295,9 @@ fn failures(status: &BroadcastStatus) -> Vec<v1::Failure> {
         .collect()
 }
 
+fn timestamp(at: UnixSeconds) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: i64::from(at.0), nanos: 0 }
+}
 
 fn timestamp_ms(ms: u64) -> prost_types::Timestamp {
     // Ingest accepted these from an `int64`, so the seconds fit.
