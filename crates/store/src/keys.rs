@@ -23,7 +23,7 @@
 //! | `pf:{<tenant>}:idem:<key>`        | string | the broadcast id holding an idempotency key; expires after the claim's TTL |
 //! | `pf:{<tenant>\|b:B}:meta`         | hash   | `shards_total`, `created_at` (Unix seconds)           |
 //! | `pf:{<tenant>\|b:B}:counts`       | hash   | counter (a [`crate::ledger::BroadcastCounts`] field name) → count |
-//! | `pf:{<tenant>\|b:B}:rej`          | hash   | `<status>\|<reason>` → count                          |
+//! | `pf:{<tenant>\|b:B}:rej`          | hash   | `s\|<class>\|<n>` → failure sample `n` (0-4) of a class; `p\|<step>` → a provisional snapshot (`<seq>;name=value,...`) |
 //! | `pf:{<tenant>\|b:B}:steps`        | set    | the progress steps already applied                    |
 //! | `pf:{<tenant>\|b:B}:ckpt`         | hash   | shard number → checkpoint (`next_page` as a big-endian `u32`, then the cursor bytes) |
 //!
@@ -53,14 +53,14 @@
 //! | `ledger`  | `T 'i' key`                      | expiry (Unix ms, big-endian `u64`), then the broadcast id |
 //! | `ledger`  | `T 'b' B 'm'`                    | `shards_total` (`u64`), `created_at` (`u32`), big-endian |
 //! | `ledger`  | `T 'b' B 'c' name`               | one counter, big-endian `u64` |
-//! | `ledger`  | `T 'b' B 'r' status reason`      | one rejection count, big-endian `u64` (status a `u16`) |
+//! | `ledger`  | `T 'b' B 'r' field`              | as the Redis `rej` hash: `field` → value |
 //! | `ledger`  | `T 'b' B 's' step`               | empty: the step is applied |
 //! | `ledger`  | `T 'b' B 'k' S`                  | the shard's checkpoint, as in Redis |
 //! | `ledger`  | `T 'b' B 'w'`                    | when the broadcast was last written (Unix ms, big-endian `u64`) |
 //!
 //! Keys sort by tenant, then shard, then id, so one shard (or one topic of one shard) is one
 //! contiguous range, scanned in id order: the cursor is the last id returned. Likewise a
-//! broadcast's counters (or rejections) are one short contiguous range, apart from its thousands
+//! broadcast's counters (or failure entries) are one short contiguous range, apart from its thousands
 //! of steps.
 
 use std::ops::Bound;
@@ -68,6 +68,7 @@ use std::ops::Bound;
 use crate::ledger::BroadcastId;
 use crate::model::{SubscriptionId, TenantId, Topic};
 use crate::shard::ShardId;
+use pushfan_webpush::FailureClass;
 
 /// The key of the tenant's recorded shard count.
 pub(crate) fn shard_count(tenant: &TenantId) -> String {
@@ -97,7 +98,8 @@ pub(crate) fn idempotency(tenant: &TenantId, key: &str) -> String {
 pub(crate) struct BroadcastKeys {
     pub(crate) meta: String,
     pub(crate) counts: String,
-    pub(crate) rejections: String,
+    /// Failure samples and provisional snapshots ([`FailureField`]).
+    pub(crate) failures: String,
     pub(crate) steps: String,
     pub(crate) checkpoints: String,
 }
@@ -108,7 +110,7 @@ impl BroadcastKeys {
         Self {
             meta: key("meta"),
             counts: key("counts"),
-            rejections: key("rej"),
+            failures: key("rej"),
             steps: key("steps"),
             checkpoints: key("ckpt"),
         }
@@ -116,20 +118,38 @@ impl BroadcastKeys {
 
     /// All five, in the order the ledger scripts take them as `KEYS`.
     pub(crate) fn all(&self) -> [&str; 5] {
-        [&self.meta, &self.counts, &self.rejections, &self.steps, &self.checkpoints]
+        [&self.meta, &self.counts, &self.failures, &self.steps, &self.checkpoints]
     }
 }
 
-/// The rejection hash field of a status and reason. The status is digits, so the first `|`
-/// separates them whatever the reason holds.
-pub(crate) fn rejection_field(status: u16, reason: &str) -> String {
-    format!("{status}|{reason}")
+/// What a field of a broadcast's failure entries (the Redis `rej` hash, the embedded `'r'`
+/// entries) holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FailureField {
+    /// A failure sample of this class.
+    Sample(FailureClass),
+    /// A provisional snapshot.
+    Partial,
 }
 
-/// Reads what [`rejection_field`] wrote.
-pub(crate) fn parse_rejection_field(field: &str) -> Option<(u16, &str)> {
-    let (status, reason) = field.split_once('|')?;
-    Some((status.parse().ok()?, reason))
+/// The field of sample `n` of `class`.
+pub(crate) fn sample_field(class: FailureClass, n: usize) -> String {
+    format!("s|{}|{n}", class.label())
+}
+
+/// The field of the provisional snapshot `step`.
+pub(crate) fn partial_field(step: &str) -> String {
+    format!("p|{step}")
+}
+
+/// Reads what [`sample_field`] and [`partial_field`] wrote; `None` for anything else (an older
+/// version's `<status>|<reason>` rejection counts, a class this version does not know).
+pub(crate) fn parse_failure_field(field: &str) -> Option<FailureField> {
+    if let Some(sample) = field.strip_prefix("s|") {
+        let (class, _) = sample.split_once('|')?;
+        return FailureClass::from_label(class).map(FailureField::Sample);
+    }
+    field.strip_prefix("p|").map(|_| FailureField::Partial)
 }
 
 /// `T`: the tenant as one length byte plus its bytes, with room for `extra` more bytes.
@@ -154,7 +174,8 @@ pub(crate) fn embedded_shard(tenant: &TenantId, shard: ShardId) -> Vec<u8> {
 pub(crate) enum LedgerEntry {
     Meta = b'm' as isize,
     Count = b'c' as isize,
-    Rejection = b'r' as isize,
+    /// Failure samples and provisional snapshots, by [`FailureField`].
+    Failure = b'r' as isize,
     Step = b's' as isize,
     Checkpoint = b'k' as isize,
     /// When the broadcast's entries were last written (ms since the epoch), for expiry.
@@ -312,9 +333,13 @@ mod tests {
         );
         assert!(keys.all().iter().all(|key| hash_tag(key) == "acme|b:b-1"));
         assert_eq!(idempotency(&tenant, "order-7"), "pf:{acme}:idem:order-7");
-        assert_eq!(rejection_field(400, "a|b"), "400|a|b");
-        assert_eq!(parse_rejection_field("400|a|b"), Some((400, "a|b")));
-        assert_eq!(parse_rejection_field("x|a"), None);
+        assert_eq!(sample_field(FailureClass::Rejected, 4), "s|rejected|4");
+        assert_eq!(parse_failure_field("s|rejected|4"), Some(FailureField::Sample(FailureClass::Rejected)));
+        assert_eq!(partial_field("partial/1/2"), "p|partial/1/2");
+        assert_eq!(parse_failure_field("p|partial/1/2"), Some(FailureField::Partial));
+        for other in ["400|a|b", "s|newer_class|0", "s|x", ""] {
+            assert_eq!(parse_failure_field(other), None, "{other}");
+        }
         assert_eq!(
             embedded_broadcast(&tenant, &broadcast, LedgerEntry::Count),
             b"\x04acmeb\x03b-1c".to_vec()

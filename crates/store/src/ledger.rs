@@ -13,7 +13,6 @@
 //! Size: a broadcast keeps one step key per applied step. A 1M-subscriber broadcast with pages
 //! of 512 has about 2k page steps and 2k result steps, a few hundred kilobytes: fine as one set.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +22,7 @@ use async_trait::async_trait;
 use crate::error::StoreError;
 use crate::model::{ScanCursor, TenantId, UnixSeconds};
 use crate::shard::ShardId;
+use pushfan_webpush::FailureClass;
 
 /// How long a broadcast's ledger entries live after its last update (Redis expires them; the
 /// embedded store sweeps them hourly, see [`crate::EmbeddedStore`]).
@@ -78,11 +78,12 @@ pub struct BroadcastCounts {
     pub accepted: u64,
     /// Answered 404/410.
     pub gone: u64,
-    /// Of those gone, deleted from the store.
+    /// Deleted from the store: of those gone, and those whose endpoint can never be sent to
+    /// (`invalid`, `refused_by_policy`).
     pub pruned: u64,
-    /// Refused by the push service (see the rejections for reasons).
+    /// Refused for good: by the push service (4xx), by the egress policy, or unusable.
     pub rejected: u64,
-    /// Failed after every retry.
+    /// Failed after every retry, or throttled past the throttle deadline.
     pub failed: u64,
     /// Not delivered within the TTL.
     pub expired: u64,
@@ -94,6 +95,10 @@ pub struct BroadcastCounts {
     pub batches_sent: u64,
     /// Delivery batches whose results are counted.
     pub batches_done: u64,
+    /// Deliveries that did not end accepted, by [`FailureClass::index`]: `gone`, `rejected`,
+    /// `failed` and `expired` above are sums of these. A fixed array, so a broadcast's failure
+    /// counts are bounded whatever the push services answer.
+    pub failures: [u64; FailureClass::COUNT],
 }
 
 impl BroadcastCounts {
@@ -117,25 +122,28 @@ impl BroadcastCounts {
         self.handed_on += other.handed_on;
         self.batches_sent += other.batches_sent;
         self.batches_done += other.batches_done;
+        for (mine, theirs) in self.failures.iter_mut().zip(other.failures) {
+            *mine += theirs;
+        }
     }
 }
 
-/// Rejections grouped by status and the push service's reason.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RejectionReason {
-    /// HTTP status.
-    pub status: u16,
-    /// The push service's reason, as `pushfan_webpush::classify` extracted it.
-    pub reason: String,
-}
+/// Samples of failure text a broadcast keeps per failure class: the first ones written, each
+/// different. With [`pushfan_webpush::failure::MAX_SAMPLE_LEN`] this bounds a broadcast's
+/// stored and shown failure text, whatever its push services answer.
+pub const MAX_SAMPLES_PER_CLASS: usize = 5;
 
 /// One step's contribution to a broadcast's progress.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProgressDelta {
     /// Counts to add.
     pub counts: BroadcastCounts,
-    /// Rejections to add, with how many of each.
-    pub rejections: Vec<(RejectionReason, u64)>,
+    /// Failure text to keep, by class (already cut by [`pushfan_webpush::failure::sample`]):
+    /// kept while the class has fewer than [`MAX_SAMPLES_PER_CLASS`] and the text is new.
+    pub samples: Vec<(FailureClass, String)>,
+    /// The provisional snapshot (see [`BroadcastLedger::set_partial`]) this step replaces: it is
+    /// removed in the same write, whether or not the step is a repeat.
+    pub replaces_partial: Option<String>,
 }
 
 /// A broadcast as the ledger knows it.
@@ -145,10 +153,11 @@ pub struct BroadcastStatus {
     pub shards_total: u64,
     /// When ingest accepted it.
     pub created_at: UnixSeconds,
-    /// Progress so far.
+    /// Progress so far: the steps applied plus the live provisional snapshots.
     pub counts: BroadcastCounts,
-    /// Rejections by reason, most frequent first.
-    pub rejections: Vec<(RejectionReason, u64)>,
+    /// Failure text kept, by class (class order, then first kept first): at most
+    /// [`MAX_SAMPLES_PER_CLASS`] per class.
+    pub samples: Vec<(FailureClass, String)>,
 }
 
 impl BroadcastStatus {
@@ -236,6 +245,24 @@ pub trait BroadcastLedger: Send + Sync + fmt::Debug {
         checkpoint: ShardCheckpoint,
     ) -> Result<bool, StoreError>;
 
+    /// Replaces the provisional snapshot `partial` (1 to 255 bytes; a delivery batch's results
+    /// so far, while the rest of it waits on a throttling push service) with `delta`'s counts,
+    /// unless `final_step` (the batch's results step, which removes the snapshot when applied;
+    /// see [`ProgressDelta::replaces_partial`]) is applied already or the stored snapshot has a
+    /// `seq` at least as high. [`BroadcastLedger::status`] adds the live snapshots to the
+    /// counts. Replacing, never adding, keeps a batch counted once however often it is
+    /// snapshotted, redelivered or redone. Returns whether it was stored. Samples are not kept
+    /// from snapshots.
+    async fn set_partial(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        partial: &str,
+        final_step: &str,
+        seq: u64,
+        delta: &ProgressDelta,
+    ) -> Result<bool, StoreError>;
+
     /// Remembers where `shard`'s scan resumes. A checkpoint never moves back: one with a lower
     /// `next_page` than the stored one is ignored, so a stale worker still running a redelivered
     /// shard job cannot rewind the worker that took over.
@@ -301,36 +328,102 @@ pub(crate) const COUNT_FIELDS: [(&str, CounterField); 13] = [
 ];
 
 impl BroadcastCounts {
-    /// The nonzero counters with their stored names.
+    /// The nonzero counters with their stored names, per-class failure counters included.
     pub(crate) fn nonzero(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         let mut copy = *self;
+        let classes = CLASS_FIELDS.iter().zip(self.failures);
         COUNT_FIELDS
             .iter()
             .map(move |(name, field)| (*name, *field(&mut copy)))
+            .chain(classes.map(|(name, n)| (*name, n)))
             .filter(|(_, value)| *value > 0)
     }
 
     /// The counter stored as `name`, if this version knows it.
     pub(crate) fn named_mut(&mut self, name: &str) -> Option<&mut u64> {
+        if let Some(class) = CLASS_FIELDS.iter().position(|known| *known == name) {
+            return self.failures.get_mut(class);
+        }
         COUNT_FIELDS.iter().find(|(known, _)| *known == name).map(|(_, field)| field(self))
     }
 }
 
-impl ProgressDelta {
-    /// The nonzero rejections, each reason once (summed), so a backend that reads a stored count
-    /// before adding never adds to a stale value.
-    pub(crate) fn merged_rejections(&self) -> BTreeMap<&RejectionReason, u64> {
-        let mut merged = BTreeMap::new();
-        for (reason, n) in self.rejections.iter().filter(|(_, n)| *n > 0) {
-            *merged.entry(reason).or_insert(0) += n;
+/// Each failure class's stored counter name, in [`FailureClass::index`] order: `class.` and its
+/// label. Stored data: never rename one.
+pub(crate) const CLASS_FIELDS: [&str; FailureClass::COUNT] = [
+    "class.gone",
+    "class.not_found",
+    "class.unauthorized",
+    "class.payload_too_large",
+    "class.throttled",
+    "class.server_error",
+    "class.transport_connect",
+    "class.transport_dns",
+    "class.transport_tls",
+    "class.transport_timeout",
+    "class.transport_reset",
+    "class.transport_protocol",
+    "class.refused_by_policy",
+    "class.invalid",
+    "class.rejected",
+    "class.expired",
+];
+
+/// A provisional snapshot's stored form: `<seq>;` then `name=value` pairs of its nonzero
+/// counters, comma separated. The sequence number leads so Redis's script can compare it.
+pub(crate) fn encode_partial(seq: u64, counts: &BroadcastCounts) -> String {
+    let pairs: Vec<String> = counts.nonzero().map(|(name, n)| format!("{name}={n}")).collect();
+    format!("{seq};{}", pairs.join(","))
+}
+
+/// Reads what [`encode_partial`] wrote; counters this version does not know are left out.
+pub(crate) fn decode_partial(stored: &str) -> Result<(u64, BroadcastCounts), StoreError> {
+    let corrupt = || StoreError::CorruptLedger { what: "provisional snapshot" };
+    let (seq, pairs) = stored.split_once(';').ok_or_else(corrupt)?;
+    let seq = seq.parse().map_err(|_| corrupt())?;
+    let mut counts = BroadcastCounts::default();
+    for pair in pairs.split(',').filter(|pair| !pair.is_empty()) {
+        let (name, n) = pair.split_once('=').ok_or_else(corrupt)?;
+        let n: u64 = n.parse().map_err(|_| corrupt())?;
+        if let Some(counter) = counts.named_mut(name) {
+            *counter = counter.saturating_add(n);
         }
-        merged
+    }
+    Ok((seq, counts))
+}
+
+impl ProgressDelta {
+    /// The samples worth writing: nonempty, each (class, text) once, at most
+    /// [`MAX_SAMPLES_PER_CLASS`] per class, in class order.
+    pub(crate) fn distinct_samples(&self) -> Vec<(FailureClass, &str)> {
+        let mut samples: Vec<(FailureClass, &str)> = Vec::new();
+        for (class, text) in &self.samples {
+            let of_class = samples.iter().filter(|(c, _)| c == class).count();
+            if !text.is_empty()
+                && of_class < MAX_SAMPLES_PER_CLASS
+                && !samples.iter().any(|(c, t)| c == class && *t == text.as_str())
+            {
+                samples.push((*class, text));
+            }
+        }
+        samples.sort_by_key(|(class, _)| *class);
+        samples
     }
 }
 
-/// Sorts rejections most frequent first, ties by status and reason (so the order is stable).
-pub(crate) fn sort_rejections(rejections: &mut [(RejectionReason, u64)]) {
-    rejections.sort_by(|(a, a_n), (b, b_n)| b_n.cmp(a_n).then_with(|| a.cmp(b)));
+/// Keeps at most [`MAX_SAMPLES_PER_CLASS`] samples per class of `stored` (in class order, then
+/// stored order), for a status read.
+pub(crate) fn sort_samples(samples: &mut Vec<(FailureClass, String)>) {
+    samples.sort_by_key(|(class, _)| *class);
+    let mut kept = 0;
+    let mut last = None;
+    samples.retain(|(class, _)| {
+        if last != Some(*class) {
+            (last, kept) = (Some(*class), 0);
+        }
+        kept += 1;
+        kept <= MAX_SAMPLES_PER_CLASS
+    });
 }
 
 impl ShardCheckpoint {
@@ -374,17 +467,42 @@ mod tests {
     }
 
     #[test]
-    fn rejections_merge_and_sort_most_frequent_first() {
-        let reason = |status, text: &str| RejectionReason { status, reason: text.into() };
-        let delta = ProgressDelta {
-            counts: BroadcastCounts::default(),
-            rejections: vec![(reason(400, "b"), 1), (reason(413, "big"), 0), (reason(400, "b"), 2)],
-        };
-        let merged: Vec<_> = delta.merged_rejections().into_iter().collect();
-        assert_eq!(merged, vec![(&reason(400, "b"), 3)]);
-        let mut rejections = vec![(reason(400, "z"), 1), (reason(403, "a"), 5), (reason(400, "a"), 1)];
-        sort_rejections(&mut rejections);
-        assert_eq!(rejections, vec![(reason(403, "a"), 5), (reason(400, "a"), 1), (reason(400, "z"), 1)]);
+    fn samples_are_distinct_and_bounded_per_class() {
+        use FailureClass::{Gone, Rejected};
+        let text = |n: usize| format!("body {n}");
+        let mut samples: Vec<(FailureClass, String)> = (0..9).map(|n| (Rejected, text(n))).collect();
+        samples.insert(0, (Rejected, text(0)));
+        samples.push((Gone, String::new()));
+        samples.push((Gone, "gone".into()));
+        let delta = ProgressDelta { samples, ..ProgressDelta::default() };
+        let distinct = delta.distinct_samples();
+        assert_eq!(distinct[0], (Gone, "gone"));
+        let rejected: Vec<&str> = distinct[1..].iter().map(|(_, t)| *t).collect();
+        assert_eq!(rejected, ["body 0", "body 1", "body 2", "body 3", "body 4"]);
+
+        let mut stored: Vec<(FailureClass, String)> = (0..7).map(|n| (Rejected, text(n))).collect();
+        stored.push((Gone, "gone".into()));
+        sort_samples(&mut stored);
+        assert_eq!(stored.len(), 1 + MAX_SAMPLES_PER_CLASS);
+        assert_eq!(stored[0].0, Gone);
+    }
+
+    #[test]
+    fn class_counters_have_stored_names_and_partials_round_trip() {
+        for class in FailureClass::ALL {
+            assert_eq!(CLASS_FIELDS[class.index()], format!("class.{}", class.label()));
+        }
+        let mut counts = BroadcastCounts { accepted: 300, targeted: 305, ..BroadcastCounts::default() };
+        counts.failures[FailureClass::Throttled.index()] = 5;
+        *counts.named_mut("class.expired").unwrap() = 2;
+        assert_eq!(counts.failures[FailureClass::Expired.index()], 2);
+        let stored = encode_partial(7, &counts);
+        assert_eq!(decode_partial(&stored).unwrap(), (7, counts));
+        assert_eq!(decode_partial("3;").unwrap(), (3, BroadcastCounts::default()));
+        assert_eq!(decode_partial("3;newer=4,accepted=1").unwrap().1.accepted, 1);
+        for bad in ["", "x;", "3", "3;accepted", "3;accepted=x"] {
+            assert!(matches!(decode_partial(bad), Err(StoreError::CorruptLedger { .. })), "{bad}");
+        }
     }
 
     #[test]

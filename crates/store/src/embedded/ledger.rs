@@ -28,8 +28,8 @@ use super::{EmbeddedStore, Inner, BACKEND};
 use crate::error::StoreError;
 use crate::keys::{self, LedgerEntry, LedgerKey};
 use crate::ledger::{
-    self, BroadcastCounts, BroadcastId, BroadcastLedger, BroadcastStatus, ProgressDelta, RejectionReason,
-    ShardCheckpoint, BROADCAST_RETENTION,
+    self, BroadcastCounts, BroadcastId, BroadcastLedger, BroadcastStatus, ProgressDelta, ShardCheckpoint,
+    BROADCAST_RETENTION,
 };
 use crate::model::{TenantId, UnixSeconds};
 use crate::shard::ShardId;
@@ -138,37 +138,104 @@ impl Inner {
             [keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Step), step.as_bytes().to_vec()]
                 .concat();
         let counter_prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Count);
-        let rejection_prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Rejection);
+        let failure_prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Failure);
         let _writer = self.ledger_lock();
         let mut batch = self.bookkeeping_batch();
         let mut staged = false;
         if let Some((shard, checkpoint)) = checkpoint {
             staged = self.stage_checkpoint(&mut batch, tenant, broadcast, shard, checkpoint)?;
         }
+        if let Some(partial) = &delta.replaces_partial {
+            let key = [&failure_prefix[..], keys::partial_field(partial).as_bytes()].concat();
+            if self.ledger.contains_key(&key)? {
+                batch.remove(&self.ledger, key);
+                staged = true;
+            }
+        }
         let applied = !self.ledger.contains_key(&step_key)?;
         if applied {
-            // Each stored entry is read and written once: counter names are unique and the
-            // rejections are merged per reason, so no addition builds on a value this batch
-            // replaces.
-            let mut add = |key: Vec<u8>, n: u64, what: &'static str| -> Result<(), StoreError> {
-                let stored = self.ledger.get(&key)?.map(|bytes| read_u64(&bytes, what)).transpose()?;
-                batch.insert(&self.ledger, key, stored.unwrap_or(0).saturating_add(n).to_be_bytes());
-                Ok(())
-            };
+            // Each stored counter is read and written once: counter names are unique, so no
+            // addition builds on a value this batch replaces.
             for (name, n) in delta.counts.nonzero() {
-                add([&counter_prefix[..], name.as_bytes()].concat(), n, "counter")?;
+                let key = [&counter_prefix[..], name.as_bytes()].concat();
+                let stored = self.ledger.get(&key)?.map(|bytes| read_u64(&bytes, "counter")).transpose()?;
+                batch.insert(&self.ledger, key, stored.unwrap_or(0).saturating_add(n).to_be_bytes());
             }
-            for (reason, n) in delta.merged_rejections() {
-                let key =
-                    [&rejection_prefix[..], &reason.status.to_be_bytes(), reason.reason.as_bytes()].concat();
-                add(key, n, "rejection count")?;
-            }
+            self.stage_samples(&mut batch, &failure_prefix, delta)?;
             batch.insert(&self.ledger, step_key, []);
         }
         if applied || staged {
             self.commit_for(batch, tenant, broadcast)?;
         }
         Ok(applied)
+    }
+
+    /// Adds `delta`'s samples to `batch`: each class keeps its first
+    /// [`ledger::MAX_SAMPLES_PER_CLASS`] distinct ones. The caller holds the ledger lock.
+    fn stage_samples(
+        &self,
+        batch: &mut Batch,
+        prefix: &[u8],
+        delta: &ProgressDelta,
+    ) -> Result<(), StoreError> {
+        let samples = delta.distinct_samples();
+        let mut classes: Vec<_> = samples.iter().map(|(class, _)| *class).collect();
+        classes.dedup();
+        for class in classes {
+            let mut stored = Vec::new();
+            for n in 0..ledger::MAX_SAMPLES_PER_CLASS {
+                let key = [prefix, keys::sample_field(class, n).as_bytes()].concat();
+                match self.ledger.get(&key)? {
+                    Some(text) => stored.push(text.to_vec()),
+                    None => break,
+                }
+            }
+            for (_, text) in samples.iter().filter(|(c, _)| *c == class) {
+                if stored.len() >= ledger::MAX_SAMPLES_PER_CLASS {
+                    break;
+                }
+                if !stored.iter().any(|known| known == text.as_bytes()) {
+                    let key = [prefix, keys::sample_field(class, stored.len()).as_bytes()].concat();
+                    batch.insert(&self.ledger, key, text.as_bytes());
+                    stored.push(text.as_bytes().to_vec());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_partial(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        partial: &str,
+        final_step: &str,
+        seq: u64,
+        delta: &ProgressDelta,
+    ) -> Result<bool, StoreError> {
+        let step_key =
+            [keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Step), final_step.as_bytes().to_vec()]
+                .concat();
+        let key = [
+            keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Failure),
+            keys::partial_field(partial).into_bytes(),
+        ]
+        .concat();
+        let _writer = self.ledger_lock();
+        if self.ledger.contains_key(&step_key)? {
+            return Ok(false);
+        }
+        if let Some(stored) = self.ledger.get(&key)? {
+            let stored = std::str::from_utf8(&stored)
+                .map_err(|_| StoreError::CorruptLedger { what: "provisional snapshot" })?;
+            if ledger::decode_partial(stored)?.0 >= seq {
+                return Ok(false);
+            }
+        }
+        let mut batch = self.bookkeeping_batch();
+        batch.insert(&self.ledger, key, ledger::encode_partial(seq, &delta.counts).into_bytes());
+        self.commit_for(batch, tenant, broadcast)?;
+        Ok(true)
     }
 
     fn save_checkpoint(
@@ -323,19 +390,32 @@ impl Inner {
                 *field(&mut counts) = read_u64(&value, "counter")?;
             }
         }
-        let mut rejections = Vec::new();
-        let rejection_prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Rejection);
-        for entry in self.ledger.prefix(&rejection_prefix) {
-            let (key, value) = entry?;
-            let corrupt = || StoreError::CorruptLedger { what: "rejection reason" };
-            let (status, reason) =
-                key[rejection_prefix.len()..].split_first_chunk::<2>().ok_or_else(corrupt)?;
-            let reason = String::from_utf8(reason.to_vec()).map_err(|_| corrupt())?;
-            let status = u16::from_be_bytes(*status);
-            rejections.push((RejectionReason { status, reason }, read_u64(&value, "rejection count")?));
+        for (n, name) in ledger::CLASS_FIELDS.iter().enumerate() {
+            if let Some(value) = self.ledger.get([&counter_prefix[..], name.as_bytes()].concat())? {
+                counts.failures[n] = read_u64(&value, "counter")?;
+            }
         }
-        ledger::sort_rejections(&mut rejections);
-        Ok(Some(BroadcastStatus { shards_total, created_at, counts, rejections }))
+        // Samples and the live provisional snapshots: a few dozen entries at most. Entries of
+        // other versions (an older one's rejection reasons) are left out.
+        let mut samples = Vec::new();
+        let failure_prefix = keys::embedded_broadcast(tenant, broadcast, LedgerEntry::Failure);
+        for entry in self.ledger.prefix(&failure_prefix) {
+            let (key, value) = entry?;
+            let Ok(field) = std::str::from_utf8(&key[failure_prefix.len()..]) else { continue };
+            let corrupt = || StoreError::CorruptLedger { what: "failure entry" };
+            match keys::parse_failure_field(field) {
+                Some(keys::FailureField::Sample(class)) => {
+                    samples.push((class, String::from_utf8(value.to_vec()).map_err(|_| corrupt())?));
+                }
+                Some(keys::FailureField::Partial) => {
+                    let value = std::str::from_utf8(&value).map_err(|_| corrupt())?;
+                    counts.add(&ledger::decode_partial(value)?.1);
+                }
+                None => {}
+            }
+        }
+        ledger::sort_samples(&mut samples);
+        Ok(Some(BroadcastStatus { shards_total, created_at, counts, samples }))
     }
 }
 
@@ -439,6 +519,26 @@ impl BroadcastLedger for EmbeddedStore {
             delta,
             Some((shard, checkpoint)),
         )
+        .await
+    }
+
+    #[instrument(name = "store.set_partial", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, partial = %partial, seq))]
+    async fn set_partial(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        partial: &str,
+        final_step: &str,
+        seq: u64,
+        delta: &ProgressDelta,
+    ) -> Result<bool, StoreError> {
+        observe(BACKEND, "set_partial", ledger::check_label("progress step", partial))?;
+        observe(BACKEND, "set_partial", ledger::check_label("progress step", final_step))?;
+        let (tenant, broadcast, partial, final_step, delta) =
+            (tenant.clone(), broadcast.clone(), partial.to_owned(), final_step.to_owned(), delta.clone());
+        self.blocking("set_partial", move |inner| {
+            inner.set_partial(&tenant, &broadcast, &partial, &final_step, seq, &delta)
+        })
         .await
     }
 

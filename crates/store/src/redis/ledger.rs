@@ -17,8 +17,8 @@ use super::{RedisStore, BACKEND};
 use crate::error::StoreError;
 use crate::keys::{self, BroadcastKeys};
 use crate::ledger::{
-    self, BroadcastCounts, BroadcastId, BroadcastLedger, BroadcastStatus, ProgressDelta, RejectionReason,
-    ShardCheckpoint, BROADCAST_RETENTION,
+    self, BroadcastCounts, BroadcastId, BroadcastLedger, BroadcastStatus, ProgressDelta, ShardCheckpoint,
+    BROADCAST_RETENTION,
 };
 use crate::model::{TenantId, UnixSeconds};
 use crate::shard::ShardId;
@@ -36,21 +36,63 @@ return 1
 ";
 
 /// Adds a step's delta once: the `SADD` decides, in the same atomic script as the increments.
+/// The provisional snapshot the step replaces goes whether or not the step is new.
 const PROGRESS_SCRIPT: &str = r"
 -- KEYS: the broadcast's meta, counts, rej, steps and ckpt keys.
 -- ARGV[1]: retention in ms; ARGV[2]: the step; ARGV[3]: n, the number of counter pairs;
--- then n pairs (counter, increment), then pairs (rejection field, increment).
+-- then n pairs (counter, increment), then the snapshot field to remove ('' for none), then
+-- pairs (failure class, sample).
 -- Returns 1 if the step was applied, 0 if it had been already.
-if redis.call('SADD', KEYS[4], ARGV[2]) == 0 then
+local applied = redis.call('SADD', KEYS[4], ARGV[2])
+local counters_end = 3 + 2 * tonumber(ARGV[3])
+if ARGV[counters_end + 1] ~= '' then
+  redis.call('HDEL', KEYS[3], ARGV[counters_end + 1])
+end
+if applied == 1 then
+  for i = 4, counters_end, 2 do
+    redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+  for i = counters_end + 2, #ARGV, 2 do
+    SAMPLE
+  end
+end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+return applied
+";
+
+/// Keeps one sample: in the first free of its class's fields `s|<class>|0..N-1`, unless one of
+/// them holds the same text already (so the first N distinct samples stay).
+const SAMPLE: &str = r"
+    local class, text = ARGV[i], ARGV[i + 1]
+    for n = 0, MAX_SAMPLES - 1 do
+      local field = 's|' .. class .. '|' .. n
+      local stored = redis.call('HGET', KEYS[3], field)
+      if not stored then
+        redis.call('HSET', KEYS[3], field, text)
+        break
+      end
+      if stored == text then break end
+    end
+";
+
+/// Replaces a batch's provisional snapshot unless its results step is applied or the stored
+/// snapshot is as recent.
+const PARTIAL_SCRIPT: &str = r"
+-- KEYS: the broadcast's meta, counts, rej, steps and ckpt keys.
+-- ARGV[1]: retention in ms; ARGV[2]: the results step; ARGV[3]: the snapshot's field;
+-- ARGV[4]: its sequence number; ARGV[5]: the snapshot, '<seq>;<counters>'.
+-- Returns 1 if stored.
+if redis.call('SISMEMBER', KEYS[4], ARGV[2]) == 1 then
   return 0
 end
-local counters_end = 3 + 2 * tonumber(ARGV[3])
-for i = 4, counters_end, 2 do
-  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+local stored = redis.call('HGET', KEYS[3], ARGV[3])
+if stored then
+  local seq = tonumber(string.match(stored, '^(%d+);'))
+  if seq and seq >= tonumber(ARGV[4]) then
+    return 0
+  end
 end
-for i = counters_end + 1, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
-end
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
 for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
 return 1
 ";
@@ -62,7 +104,8 @@ const PAGE_SCRIPT: &str = r"
 -- KEYS: the broadcast's meta, counts, rej, steps and ckpt keys.
 -- ARGV[1]: retention in ms; ARGV[2]: the shard; ARGV[3]: its checkpoint, whose first 4 bytes are
 -- its next page as a big-endian u32; ARGV[4]: the step; ARGV[5]: n, the number of counter pairs;
--- then n pairs (counter, increment), then pairs (rejection field, increment).
+-- then n pairs (counter, increment), then the snapshot field to remove ('' for none), then
+-- pairs (failure class, sample).
 -- Returns 1 if the step was applied, 0 if it had been already.
 local function page(checkpoint)
   local a, b, c, d = string.byte(checkpoint, 1, 4)
@@ -73,13 +116,16 @@ if not (stored and #stored >= 4 and page(stored) > page(ARGV[3])) then
   redis.call('HSET', KEYS[5], ARGV[2], ARGV[3])
 end
 local applied = redis.call('SADD', KEYS[4], ARGV[4])
+local counters_end = 5 + 2 * tonumber(ARGV[5])
+if ARGV[counters_end + 1] ~= '' then
+  redis.call('HDEL', KEYS[3], ARGV[counters_end + 1])
+end
 if applied == 1 then
-  local counters_end = 5 + 2 * tonumber(ARGV[5])
   for i = 6, counters_end, 2 do
     redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
   end
-  for i = counters_end + 1, #ARGV, 2 do
-    redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
+  for i = counters_end + 2, #ARGV, 2 do
+    SAMPLE
   end
 end
 for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
@@ -104,8 +150,8 @@ for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
 return 1
 ";
 
-/// Reads a broadcast's meta, counts and rejections at one instant, so the rejection reasons
-/// always add up to what the counters say.
+/// Reads a broadcast's meta, counts and failure entries (samples, provisional snapshots) at one
+/// instant, so a snapshot and the results step that replaces it never both count.
 const STATUS_SCRIPT: &str = r"
 -- KEYS: the broadcast's meta, counts and rej keys.
 return {
@@ -129,6 +175,7 @@ pub(super) struct Scripts {
     create: Script,
     progress: Script,
     page: Script,
+    partial: Script,
     checkpoint: Script,
     status: Script,
     release: Script,
@@ -138,13 +185,20 @@ impl Scripts {
     pub(super) fn new() -> Self {
         Self {
             create: Script::new(CREATE_SCRIPT),
-            progress: Script::new(PROGRESS_SCRIPT),
-            page: Script::new(PAGE_SCRIPT),
+            progress: Script::new(&with_sample(PROGRESS_SCRIPT)),
+            page: Script::new(&with_sample(PAGE_SCRIPT)),
+            partial: Script::new(PARTIAL_SCRIPT),
             checkpoint: Script::new(CHECKPOINT_SCRIPT),
             status: Script::new(STATUS_SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
         }
     }
+}
+
+/// A progress script with [`SAMPLE`] in its sample loop.
+fn with_sample(script: &str) -> String {
+    let sample = SAMPLE.replace("MAX_SAMPLES", &ledger::MAX_SAMPLES_PER_CLASS.to_string());
+    script.replace("    SAMPLE\n", &sample)
 }
 
 /// A duration in whole milliseconds, at least 1 (Redis refuses an expiry of 0).
@@ -201,15 +255,16 @@ impl RedisStore {
     }
 }
 
-/// The progress script's step, counter and rejection arguments (the page script's too).
+/// The progress script's step, counter, snapshot and sample arguments (the page script's too).
 fn progress_args(invocation: &mut redis::ScriptInvocation<'_>, step: &str, delta: &ProgressDelta) {
     let counters: Vec<(&str, u64)> = delta.counts.nonzero().collect();
     invocation.arg(step).arg(counters.len());
     for (name, n) in counters {
         invocation.arg(name).arg(n);
     }
-    for (reason, n) in delta.merged_rejections() {
-        invocation.arg(keys::rejection_field(reason.status, &reason.reason)).arg(n);
+    invocation.arg(delta.replaces_partial.as_deref().map(keys::partial_field).unwrap_or_default());
+    for (class, text) in delta.distinct_samples() {
+        invocation.arg(class.label()).arg(text);
     }
 }
 
@@ -217,7 +272,7 @@ fn progress_args(invocation: &mut redis::ScriptInvocation<'_>, step: &str, delta
 fn parse_status(
     meta: HashMap<String, String>,
     counters: HashMap<String, u64>,
-    rejections: HashMap<String, u64>,
+    failures: HashMap<String, String>,
 ) -> Result<Option<BroadcastStatus>, StoreError> {
     if meta.is_empty() {
         return Ok(None);
@@ -235,16 +290,17 @@ fn parse_status(
             *counter = value;
         }
     }
-    let mut rejections = rejections
-        .into_iter()
-        .map(|(field, n)| {
-            let (status, reason) =
-                keys::parse_rejection_field(&field).ok_or_else(|| unexpected("rejection field", &field))?;
-            Ok((RejectionReason { status, reason: reason.to_owned() }, n))
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    ledger::sort_rejections(&mut rejections);
-    Ok(Some(BroadcastStatus { shards_total, created_at, counts, rejections }))
+    let mut samples = Vec::new();
+    // Fields of other versions (an older one's rejection reasons) are left out.
+    for (field, value) in failures {
+        match keys::parse_failure_field(&field) {
+            Some(keys::FailureField::Sample(class)) => samples.push((class, value)),
+            Some(keys::FailureField::Partial) => counts.add(&ledger::decode_partial(&value)?.1),
+            None => {}
+        }
+    }
+    ledger::sort_samples(&mut samples);
+    Ok(Some(BroadcastStatus { shards_total, created_at, counts, samples }))
 }
 
 #[async_trait]
@@ -349,6 +405,34 @@ impl BroadcastLedger for RedisStore {
         .await
     }
 
+    #[instrument(name = "store.set_partial", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, partial = %partial, seq, stored))]
+    async fn set_partial(
+        &self,
+        tenant: &TenantId,
+        broadcast: &BroadcastId,
+        partial: &str,
+        final_step: &str,
+        seq: u64,
+        delta: &ProgressDelta,
+    ) -> Result<bool, StoreError> {
+        let result = async {
+            ledger::check_label("progress step", partial)?;
+            ledger::check_label("progress step", final_step)?;
+            let keys = BroadcastKeys::new(tenant, broadcast);
+            let mut invocation = invoke_on_broadcast(&self.ledger_scripts.partial, &keys);
+            invocation
+                .arg(final_step)
+                .arg(keys::partial_field(partial))
+                .arg(seq)
+                .arg(ledger::encode_partial(seq, &delta.counts));
+            let stored: bool = invocation.invoke_async(&mut self.connection()).await?;
+            tracing::Span::current().record("stored", stored);
+            Ok(stored)
+        }
+        .await;
+        observe(BACKEND, "set_partial", result)
+    }
+
     #[instrument(name = "store.save_checkpoint", skip_all, fields(backend = BACKEND, tenant = %tenant, %broadcast, %shard, next_page = checkpoint.next_page))]
     async fn save_checkpoint(
         &self,
@@ -401,13 +485,13 @@ impl BroadcastLedger for RedisStore {
         let result = async {
             let keys = BroadcastKeys::new(tenant, broadcast);
             let mut invocation = self.ledger_scripts.status.prepare_invoke();
-            invocation.key(&keys.meta).key(&keys.counts).key(&keys.rejections);
-            let (meta, counters, rejections): (
+            invocation.key(&keys.meta).key(&keys.counts).key(&keys.failures);
+            let (meta, counters, failures): (
                 HashMap<String, String>,
                 HashMap<String, u64>,
-                HashMap<String, u64>,
+                HashMap<String, String>,
             ) = invocation.invoke_async(&mut self.connection()).await?;
-            parse_status(meta, counters, rejections)
+            parse_status(meta, counters, failures)
         }
         .await;
         observe(BACKEND, "status", result)
