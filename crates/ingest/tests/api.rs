@@ -14,7 +14,8 @@ use pushfan_proto::v1::broadcast_service_client::BroadcastServiceClient;
 use pushfan_proto::v1::publish_service_client::PublishServiceClient;
 use pushfan_proto::v1::subscription_service_client::SubscriptionServiceClient;
 use pushfan_proto::v1::{self, publish_request::Target};
-use pushfan_store::ledger::{BroadcastCounts, BroadcastId, BroadcastLedger, ProgressDelta, RejectionReason};
+use pushfan_store::ledger::{BroadcastCounts, BroadcastId, BroadcastLedger, ProgressDelta};
+use pushfan_webpush::FailureClass;
 use pushfan_store::{EmbeddedStore, ShardCount, TenantId, UnixSeconds};
 use pushfan_webpush::EndpointPolicy;
 use tokio::sync::oneshot;
@@ -669,11 +670,11 @@ async fn broadcast_progress_is_reported_and_a_watch_ends_on_completion() {
 
     // The planner's part: two shards, three subscribers targeted in the first.
     h.store.create_broadcast(&tenant, &broadcast, 2, UnixSeconds(1_800_000_000)).await.unwrap();
-    let step = |name: &str, counts: BroadcastCounts, rejections: Vec<(RejectionReason, u64)>| {
+    let step = |name: &str, counts: BroadcastCounts, samples: Vec<(FailureClass, String)>| {
         let (store, tenant, broadcast, name) =
             (h.store.clone(), tenant.clone(), broadcast.clone(), name.to_owned());
         async move {
-            let delta = ProgressDelta { counts, rejections };
+            let delta = ProgressDelta { counts, samples, replaces_partial: None };
             assert!(store.add_progress(&tenant, &broadcast, &name, &delta).await.unwrap());
         }
     };
@@ -704,10 +705,12 @@ async fn broadcast_progress_is_reported_and_a_watch_ends_on_completion() {
     let first = timeout(WAIT, stream.message()).await.expect("in time").expect("ok").expect("an update");
     assert_eq!(first.broadcast.as_ref().map(|b| b.targeted), Some(3));
 
-    let rejection = RejectionReason { status: 413, reason: "payload too large".into() };
+    let mut too_large = BroadcastCounts { rejected: 1, ..Default::default() };
+    too_large.failures[FailureClass::PayloadTooLarge.index()] = 1;
+    let sample = (FailureClass::PayloadTooLarge, "payload too large".to_owned());
     step("results/0", BroadcastCounts { accepted: 1, gone: 1, pruned: 1, ..Default::default() }, vec![])
         .await;
-    step("results/1", BroadcastCounts { rejected: 1, ..Default::default() }, vec![(rejection, 1)]).await;
+    step("results/1", too_large, vec![sample]).await;
     step("shard/1", BroadcastCounts { shards_done: 1, ..Default::default() }, vec![]).await;
 
     let mut updates = vec![first];
@@ -718,8 +721,12 @@ async fn broadcast_progress_is_reported_and_a_watch_ends_on_completion() {
     assert!(last.complete, "the stream ended with the completing update: {last:?}");
     assert_eq!((last.accepted, last.gone, last.pruned, last.rejected, last.shards_done), (1, 1, 1, 1, 2));
     assert_eq!(
-        last.rejections,
-        [v1::Rejection { http_status: 413, reason: "payload too large".into(), count: 1 }]
+        last.failures,
+        [v1::Failure {
+            class: "payload_too_large".into(),
+            count: 1,
+            samples: vec!["payload too large".into()]
+        }]
     );
     assert!(updates.windows(2).all(|w| w[0] != w[1]), "only changes are sent");
     assert!(updates.iter().rev().skip(1).all(|u| !u.broadcast.as_ref().unwrap().complete));
