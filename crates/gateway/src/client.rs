@@ -5,10 +5,18 @@
 //! headers. hyper's pooled client costs a channel hop, a spawned body task and a pool checkout
 //! per request, which at tens of thousands of pushes a second was a quarter of the gateway's
 //! CPU. Origins that only speak HTTP/1.1 go through hyper's pooled client instead.
+//!
+//! Every path resolves the host itself and checks each address against the [`EgressPolicy`]
+//! before connecting, then connects to exactly the address that passed: no second lookup, so a
+//! name that answers with a public address to one query and a private one to the next (DNS
+//! rebinding) cannot slip through. hyper's client gets the same through [`EgressResolver`].
 
-use std::net::IpAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -16,9 +24,11 @@ use http::header::RETRY_AFTER;
 use http::Request;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pushfan_webpush::EgressPolicy;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -43,12 +53,13 @@ pub(crate) type TransportError = TransportFailure;
 #[derive(Debug)]
 pub(crate) struct Connector {
     tls: Arc<rustls::ClientConfig>,
+    egress: Arc<EgressPolicy>,
     connect_timeout: Duration,
     plaintext_h2c: bool,
     connections_per_origin: usize,
     max_body: usize,
-    http1_tls: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    http1_plain: Client<HttpConnector, Full<Bytes>>,
+    http1_tls: Client<HttpsConnector<HttpConnector<EgressResolver>>, Full<Bytes>>,
+    http1_plain: Client<HttpConnector<EgressResolver>, Full<Bytes>>,
 }
 
 /// One origin's held HTTP/2 connections, or the note that it only speaks HTTP/1.1.
@@ -85,11 +96,27 @@ impl OriginConnections {
             http1_only: AtomicBool::new(false),
         }
     }
+
+    /// HTTP/2 connections held open now.
+    pub(crate) fn open(&self) -> usize {
+        self.slots.iter().filter(|slot| slot.current().is_some()).count()
+    }
+
+    /// Lets go of every held connection. A request still on one keeps it until it ends; h2
+    /// then closes it (GOAWAY) once no handle and no stream is left.
+    pub(crate) fn close(&self) {
+        for slot in &self.slots {
+            *slot.live.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
 }
 
 impl Connector {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        egress: Arc<EgressPolicy>,
         connect_timeout: Duration,
+        idle_timeout: Duration,
         extra_root_certs: &[Vec<u8>],
         plaintext_h2c: bool,
         connections_per_origin: usize,
@@ -115,7 +142,8 @@ impl Connector {
         let mut alpn_tls = tls.clone();
         alpn_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
 
-        let mut http = HttpConnector::new();
+        let resolver = EgressResolver { egress: Arc::clone(&egress), timeout: connect_timeout };
+        let mut http = HttpConnector::new_with_resolver(resolver);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
         http.enforce_http(false);
@@ -125,9 +153,10 @@ impl Connector {
             .enable_http1()
             .wrap_connector(http.clone());
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(90));
+        builder.pool_timer(TokioTimer::new()).pool_idle_timeout(idle_timeout);
         Ok(Self {
             tls: Arc::new(alpn_tls),
+            egress,
             connect_timeout,
             plaintext_h2c,
             connections_per_origin,
@@ -216,9 +245,8 @@ impl Connector {
             .ok_or_else(|| TransportFailure::new(TransportKind::Protocol, "the endpoint has no host"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let tcp = TcpStream::connect((host, port))
-            .await
-            .map_err(|e| io_failure(TransportKind::Connect, "connecting", &e))?;
+        let addresses = resolve(&self.egress, host, port).await?;
+        let tcp = connect_any(&addresses).await?;
         tcp.set_nodelay(true).map_err(|e| io_failure(TransportKind::Connect, "setting TCP_NODELAY", &e))?;
         if !tls {
             return handshake(tcp).await.map(Connected::H2);
@@ -241,6 +269,11 @@ impl Connector {
     }
 
     async fn send_http1(&self, request: Request<Bytes>) -> Result<Answer, TransportError> {
+        // hyper's connector dials an IP-literal host without asking the resolver, so the
+        // literal is checked here.
+        if let Some(ip) = request.uri().host().and_then(ip_literal) {
+            allowed_addresses(&self.egress, [SocketAddr::new(ip, 0)])?;
+        }
         let request = request.map(Full::new);
         let response = if request.uri().scheme_str() == Some("https") {
             self.http1_tls.request(request).await
@@ -355,6 +388,99 @@ fn retry_after(headers: &http::HeaderMap) -> Option<String> {
     headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
+/// At most this many of a name's addresses are checked and tried: a hostile DNS answer with
+/// thousands cannot make one connect attempt walk them all.
+const MAX_ADDRESSES: usize = 16;
+
+/// `host` as an IP address, if it is one (IPv6 with or without its brackets).
+fn ip_literal(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+}
+
+/// The addresses `host` resolves to that the egress policy allows, in the resolver's order.
+/// An IP-literal host is checked as it is, without a lookup.
+async fn resolve(egress: &EgressPolicy, host: &str, port: u16) -> Result<Vec<SocketAddr>, TransportFailure> {
+    if let Some(ip) = ip_literal(host) {
+        return allowed_addresses(egress, [SocketAddr::new(ip, port)]);
+    }
+    let resolved = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| TransportFailure::new(TransportKind::Dns, format!("resolving: {e}")))?;
+    allowed_addresses(egress, resolved)
+}
+
+/// The addresses among the first [`MAX_ADDRESSES`] of `resolved` that `egress` allows; when
+/// none is, a refusal naming the first refused address and its class (final: another lookup
+/// would be asking the same name again).
+pub(crate) fn allowed_addresses(
+    egress: &EgressPolicy,
+    resolved: impl IntoIterator<Item = SocketAddr>,
+) -> Result<Vec<SocketAddr>, TransportFailure> {
+    let mut allowed = Vec::new();
+    let mut refusal = None;
+    for address in resolved.into_iter().take(MAX_ADDRESSES) {
+        match egress.check_ip(address.ip()) {
+            Ok(()) => allowed.push(address),
+            Err(error) => {
+                refusal.get_or_insert(error);
+            }
+        }
+    }
+    match refusal {
+        _ if !allowed.is_empty() => Ok(allowed),
+        Some(error) => Err(TransportFailure::new(TransportKind::RefusedByPolicy, error.to_string())),
+        None => Err(TransportFailure::new(TransportKind::Dns, "the name has no address")),
+    }
+}
+
+/// A TCP connection to the first of `addresses` that takes one; the caller bounds the time.
+async fn connect_any(addresses: &[SocketAddr]) -> Result<TcpStream, TransportFailure> {
+    let mut last = None;
+    for &address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(match last {
+        Some(error) => io_failure(TransportKind::Connect, "connecting", &error),
+        None => TransportFailure::new(TransportKind::Connect, "no address to connect to"),
+    })
+}
+
+/// hyper's resolver: the same lookup, policy check and bound as the HTTP/2 path, so the HTTP/1.1
+/// client connects only to addresses that passed.
+#[derive(Clone, Debug)]
+pub(crate) struct EgressResolver {
+    egress: Arc<EgressPolicy>,
+    timeout: Duration,
+}
+
+impl tower_service::Service<Name> for EgressResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = Classified;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Classified>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Classified>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let (egress, timeout) = (Arc::clone(&self.egress), self.timeout);
+        Box::pin(async move {
+            // Port 0: hyper puts the URI's port on every address it gets back.
+            match tokio::time::timeout(timeout, resolve(&egress, name.as_str(), 0)).await {
+                Ok(Ok(addresses)) => Ok(addresses.into_iter()),
+                Ok(Err(failure)) => Err(Classified(failure)),
+                Err(_) => Err(Classified(TransportFailure::new(
+                    TransportKind::Timeout,
+                    format!("no address within {timeout:?}"),
+                ))),
+            }
+        })
+    }
+}
+
 /// The class of an I/O error met while connecting as `doing`; `otherwise` when its kind says
 /// nothing more specific.
 fn io_failure(otherwise: TransportKind, doing: &str, error: &std::io::Error) -> TransportFailure {
@@ -397,8 +523,8 @@ fn classify_chain(error: &hyper_util::client::legacy::Error) -> TransportFailure
     let mut kind = None;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
-        if let Some(refused) = cause.downcast_ref::<Refused>() {
-            return refused.0.clone();
+        if let Some(classified) = cause.downcast_ref::<Classified>() {
+            return classified.0.clone();
         }
         if cause.is::<rustls::Error>() {
             kind = Some(TransportKind::Tls);
@@ -416,15 +542,15 @@ fn classify_chain(error: &hyper_util::client::legacy::Error) -> TransportFailure
 /// A connect-time failure carried through hyper's connector as an error source, so that its
 /// class survives hyper's wrapping.
 #[derive(Debug)]
-pub(crate) struct Refused(pub(crate) TransportFailure);
+pub(crate) struct Classified(pub(crate) TransportFailure);
 
-impl std::fmt::Display for Refused {
+impl std::fmt::Display for Classified {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
     }
 }
 
-impl std::error::Error for Refused {}
+impl std::error::Error for Classified {}
 
 /// The error and its causes, without the request URI (neither hyper's nor h2's errors carry
 /// it, and nothing here adds it).
@@ -445,10 +571,96 @@ mod tests {
 
     #[test]
     fn tls_offers_aes_128_gcm_first() {
-        let connector = Connector::new(Duration::from_secs(1), &[], false, 1, 1024).unwrap();
+        let connector = Connector::new(
+            Arc::new(EgressPolicy::default()),
+            Duration::from_secs(1),
+            Duration::from_secs(90),
+            &[],
+            false,
+            1,
+            1024,
+        )
+        .unwrap();
         let offered: Vec<_> =
             connector.tls.crypto_provider().cipher_suites.iter().map(|suite| suite.suite()).collect();
         assert_eq!(offered[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
         assert!(offered.contains(&rustls::CipherSuite::TLS13_AES_256_GCM_SHA384), "nothing dropped");
+    }
+
+    fn addresses(ips: &[&str]) -> Vec<SocketAddr> {
+        ips.iter().map(|ip| SocketAddr::new(ip.parse().unwrap(), 443)).collect()
+    }
+
+    /// What a name resolving to these addresses would connect to; no lookup, no packet.
+    #[test]
+    fn only_addresses_the_policy_allows_are_dialled() {
+        let default = EgressPolicy::default();
+        let refused = [
+            "127.0.0.1",
+            "127.8.9.10",
+            "::1",
+            "10.0.0.5",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "169.254.169.254",
+            "fe80::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "224.0.0.1",
+            "ff02::1",
+            "0.0.0.0",
+            "::",
+            "255.255.255.255",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+        ];
+        for ip in refused {
+            let failure = allowed_addresses(&default, addresses(&[ip])).unwrap_err();
+            assert_eq!(failure.kind, TransportKind::RefusedByPolicy, "{ip}");
+        }
+        // Every address refused: the refusal names the first, by address and class.
+        let failure = allowed_addresses(&default, addresses(&refused)).unwrap_err();
+        assert!(failure.detail.contains("127.0.0.1") && failure.detail.contains("loopback"), "{failure}");
+
+        // Public addresses among private ones: only they are dialled (a pure function: nothing
+        // is sent anywhere).
+        let mixed = addresses(&["10.0.0.1", "8.8.8.8", "169.254.169.254", "2001:4860:4860::8888"]);
+        assert_eq!(
+            allowed_addresses(&default, mixed).unwrap(),
+            addresses(&["8.8.8.8", "2001:4860:4860::8888"])
+        );
+
+        // Loopback allowed explicitly lets loopback through, and nothing else.
+        let loopback = EgressPolicy::allow_loopback();
+        assert_eq!(
+            allowed_addresses(&loopback, addresses(&["127.0.0.1", "::1", "10.0.0.1"])).unwrap(),
+            addresses(&["127.0.0.1", "::1"])
+        );
+        assert_eq!(
+            allowed_addresses(&loopback, addresses(&["192.168.0.1"])).unwrap_err().kind,
+            TransportKind::RefusedByPolicy
+        );
+
+        // No address at all is a DNS failure, retried like one.
+        assert_eq!(allowed_addresses(&default, []).unwrap_err().kind, TransportKind::Dns);
+        // A hostile answer with thousands of addresses is cut before any is tried.
+        let many = (0..5000u32).map(|i| SocketAddr::new(IpAddr::from((0x0808_0000 + i).to_be_bytes()), 443));
+        assert_eq!(allowed_addresses(&default, many).unwrap().len(), MAX_ADDRESSES);
+    }
+
+    #[tokio::test]
+    async fn an_ip_literal_is_checked_without_a_lookup() {
+        let default = EgressPolicy::default();
+        for host in ["127.0.0.1", "[::1]", "::1", "[::ffff:127.0.0.1]", "169.254.169.254"] {
+            let failure = resolve(&default, host, 443).await.unwrap_err();
+            assert_eq!(failure.kind, TransportKind::RefusedByPolicy, "{host}");
+        }
+        let loopback = EgressPolicy::allow_loopback();
+        let expected = vec![SocketAddr::new("::1".parse().unwrap(), 8443)];
+        assert_eq!(resolve(&loopback, "[::1]", 8443).await.unwrap(), expected);
     }
 }

@@ -7,20 +7,28 @@
 //! - Every answer goes through `pushfan_webpush::classify`; [`retry::RetryPolicy`] decides
 //!   what happens next, within the message's TTL.
 //! - VAPID tokens come from a per-origin [`TokenCache`], signed once per origin, not per push.
+//! - Connections go only to addresses the [`EgressPolicy`] allows, checked after resolving and
+//!   dialled as checked; a refusal is final ([`TransportKind::RefusedByPolicy`]).
+//! - Per-origin state is bounded: an origin idle for `idle_timeout` closes its connections and
+//!   is forgotten, and at most `max_origins` are held at once.
+//! - Failed requests are counted by class (`pushfan_gateway_failures_total{class}`) and logged
+//!   at most once per origin and class every ten seconds.
 //!
 //! Endpoints are secrets: logs and errors only ever show [`Endpoint::redacted`] or the origin.
 
 mod client;
 mod coalesce;
 pub mod retry;
+mod warn_limit;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::stream::{self, Stream, StreamExt};
 use pushfan_webpush::vapid::TokenCache;
+use pushfan_webpush::EgressPolicy;
 use pushfan_webpush::{build_request, classify, EncryptedPush, Endpoint, PushOptions, PushOutcome};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -31,6 +39,27 @@ pub use retry::{Attempt, FinalOutcome, Next, RetryPolicy, TransportFailure, Tran
 
 /// Error bodies longer than this are cut: enough for any push service's reason.
 const MAX_ERROR_BODY: usize = 4096;
+
+/// A push service failing in one way is logged at most once per this time (per origin and
+/// class), with the count of the lines held back.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The classes a failed request is counted and logged by: every transport kind, then the
+/// push service's answers that are not a success (as `pushfan_gateway_responses_total` names
+/// them). Gone (404/410) is not a failure of the push service: it is the subscription's end.
+const FAILURE_CLASSES: [&str; 11] = [
+    "connect",
+    "dns",
+    "tls",
+    "timeout",
+    "reset",
+    "refused_by_policy",
+    "protocol",
+    "too_large",
+    "rejected",
+    "throttled",
+    "retryable",
+];
 
 /// Why a gateway could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +90,17 @@ pub struct GatewayConfig {
     pub extra_root_certs: Vec<Vec<u8>>,
     /// HTTP/2 connections held per origin; requests take them in turn.
     pub connections_per_origin: usize,
+    /// Which addresses may be connected to: every address a host resolves to is checked at
+    /// connect time, and only one that passed is dialled. The default refuses everything that
+    /// is not public (loopback, private, link-local, ...); tests and the demo allow loopback.
+    pub egress: Arc<EgressPolicy>,
+    /// An origin not sent to for this long lets its connections go (HTTP/2 and HTTP/1.1 alike)
+    /// and, unless paused or in use, is forgotten.
+    pub idle_timeout: Duration,
+    /// Origins held at once. Past it, the least recently used idle origin is forgotten; if every
+    /// origin is in use or paused, a new one serves the call that needed it unshared and is
+    /// dropped (its connections closed) when that call's deliveries end.
+    pub max_origins: usize,
 }
 
 impl Default for GatewayConfig {
@@ -74,6 +114,9 @@ impl Default for GatewayConfig {
             plaintext_h2c: false,
             extra_root_certs: Vec::new(),
             connections_per_origin: 2,
+            egress: Arc::new(EgressPolicy::default()),
+            idle_timeout: Duration::from_secs(90),
+            max_origins: 10_000,
         }
     }
 }
@@ -172,8 +215,12 @@ struct Origin {
     held_back: AtomicUsize,
     /// Milliseconds after the gateway's epoch until which nobody may send here.
     paused_until_ms: AtomicU64,
+    /// Milliseconds after the gateway's epoch when a request last started here.
+    last_used_ms: AtomicU64,
     connections: client::OriginConnections,
     metrics: OriginMetrics,
+    /// Failures logged, by [`FAILURE_CLASSES`] index; locked only when a request failed.
+    warnings: Mutex<warn_limit::WarnLimiter<{ FAILURE_CLASSES.len() }>>,
 }
 
 /// An origin's metric handles, registered when the origin is first used: looking a labelled
@@ -184,6 +231,9 @@ struct OriginMetrics {
     deliveries: LabelledCounters,
     retries: metrics::Counter,
     request_seconds: metrics::Histogram,
+    /// By class, one of [`FAILURE_CLASSES`]. No origin label: origins are whatever hosts
+    /// subscribers registered, and a metrics exporter keeps every label value it ever saw.
+    failures: LabelledCounters,
 }
 
 impl OriginMetrics {
@@ -193,31 +243,38 @@ impl OriginMetrics {
             deliveries: LabelledCounters::register("pushfan_gateway_deliveries_total", &FinalOutcome::LABELS),
             retries: metrics::counter!("pushfan_gateway_retries_total"),
             request_seconds: metrics::histogram!("pushfan_gateway_request_seconds"),
+            failures: LabelledCounters::register_by(
+                "pushfan_gateway_failures_total",
+                "class",
+                &FAILURE_CLASSES,
+            ),
         }
     }
 }
 
-/// One counter per value of its `outcome` label.
+/// One counter per value of its label (`outcome` unless named).
 #[derive(Debug)]
 struct LabelledCounters {
     name: &'static str,
+    key: &'static str,
     by_outcome: Vec<(&'static str, metrics::Counter)>,
 }
 
 impl LabelledCounters {
     fn register(name: &'static str, outcomes: &[&'static str]) -> Self {
-        let by_outcome = outcomes
-            .iter()
-            .map(|&outcome| (outcome, metrics::counter!(name, "outcome" => outcome)))
-            .collect();
-        Self { name, by_outcome }
+        Self::register_by(name, "outcome", outcomes)
+    }
+
+    fn register_by(name: &'static str, key: &'static str, values: &[&'static str]) -> Self {
+        let by_outcome = values.iter().map(|&value| (value, metrics::counter!(name, key => value))).collect();
+        Self { name, key, by_outcome }
     }
 
     fn increment(&self, outcome: &'static str) {
         match self.by_outcome.iter().find(|(label, _)| *label == outcome) {
             Some((_, counter)) => counter.increment(1),
             // A label missing from `register`'s list still counts, through the registry.
-            None => metrics::counter!(self.name, "outcome" => outcome).increment(1),
+            None => metrics::counter!(self.name, self.key => outcome).increment(1),
         }
     }
 }
@@ -234,20 +291,30 @@ struct Inner {
     connector: client::Connector,
     origins: Mutex<HashMap<String, Arc<Origin>>>,
     epoch: Instant,
+    /// Whether the task that closes idle connections and forgets idle origins runs.
+    reaping: std::sync::atomic::AtomicBool,
 }
 
 impl Gateway {
     /// Builds the clients; connections open lazily on first use.
     pub fn new(config: GatewayConfig) -> Result<Self, GatewayError> {
         let connector = client::Connector::new(
+            Arc::clone(&config.egress),
             config.connect_timeout,
+            config.idle_timeout,
             &config.extra_root_certs,
             config.plaintext_h2c,
             config.connections_per_origin,
             MAX_ERROR_BODY,
         )?;
         Ok(Self {
-            inner: Arc::new(Inner { config, connector, origins: Mutex::default(), epoch: Instant::now() }),
+            inner: Arc::new(Inner {
+                config,
+                connector,
+                origins: Mutex::default(),
+                epoch: Instant::now(),
+                reaping: Default::default(),
+            }),
         })
     }
 
@@ -302,16 +369,55 @@ impl Gateway {
 
     fn origin(&self, name: &str) -> Arc<Origin> {
         let mut origins = self.inner.origins.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(origins.entry(name.to_owned()).or_insert_with(|| {
-            Arc::new(Origin {
-                name: name.to_owned(),
-                in_flight: Semaphore::new(1),
-                held_back: AtomicUsize::new(self.inner.config.max_in_flight_per_origin.saturating_sub(1)),
-                paused_until_ms: AtomicU64::new(0),
-                connections: self.inner.connector.origin(),
-                metrics: OriginMetrics::register(),
-            })
-        }))
+        if let Some(origin) = origins.get(name) {
+            return Arc::clone(origin);
+        }
+        self.start_reaping();
+        let origin = Arc::new(Origin {
+            name: name.to_owned(),
+            in_flight: Semaphore::new(1),
+            held_back: AtomicUsize::new(self.inner.config.max_in_flight_per_origin.saturating_sub(1)),
+            paused_until_ms: AtomicU64::new(0),
+            last_used_ms: AtomicU64::new(self.inner.now_ms()),
+            connections: self.inner.connector.origin(),
+            metrics: OriginMetrics::register(),
+            warnings: Mutex::new(warn_limit::WarnLimiter::new(WARN_EVERY)),
+        });
+        if origins.len() >= self.inner.config.max_origins
+            && !self.inner.evict_least_recently_used(&mut origins)
+        {
+            // Every origin held is in use or paused: this one serves the caller unshared and
+            // closes with its deliveries, so what is held stays within `max_origins` plus what
+            // in-flight deliveries use.
+            metrics::counter!("pushfan_gateway_origins_unshared_total").increment(1);
+            return origin;
+        }
+        origins.insert(name.to_owned(), Arc::clone(&origin));
+        origin
+    }
+
+    /// Starts the task that closes idle connections and forgets idle origins, once, when the
+    /// first origin is made inside a Tokio runtime. It holds the gateway weakly and ends with it.
+    fn start_reaping(&self) {
+        if self.inner.reaping.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        self.inner.reaping.store(true, Ordering::Relaxed);
+        let every =
+            (self.inner.config.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+        runtime.spawn(reap(Arc::downgrade(&self.inner), every));
+    }
+
+    /// Origins held now (idle ones are forgotten after `idle_timeout`).
+    pub fn held_origins(&self) -> usize {
+        self.inner.origins.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// HTTP/2 connections held open now, across origins.
+    pub fn open_connections(&self) -> usize {
+        let origins = self.inner.origins.lock().unwrap_or_else(|e| e.into_inner());
+        origins.values().map(|origin| origin.connections.open()).sum()
     }
 
     /// Steps `pending` to its end, sleeping through every wait.
@@ -431,6 +537,7 @@ impl Gateway {
             ))
         };
         let started = Instant::now();
+        origin.last_used_ms.store(self.inner.ms_since_epoch(started), Ordering::Relaxed);
         let attempt = match tokio::time::timeout(self.inner.config.request_timeout, exchange).await {
             Ok(Ok(outcome)) => Attempt::Response(outcome),
             Ok(Err(error)) => Attempt::Transport(error),
@@ -440,6 +547,9 @@ impl Gateway {
             )),
         };
         origin.metrics.request_seconds.record(started.elapsed().as_secs_f64());
+        if !matches!(attempt, Attempt::Response(PushOutcome::Accepted | PushOutcome::Gone { .. })) {
+            failed(origin, &attempt);
+        }
         attempt
     }
 
@@ -483,6 +593,101 @@ impl Gateway {
     fn extend_pause(&self, origin: &Origin, pause: Duration) -> bool {
         let until = (Instant::now() + pause).duration_since(self.inner.epoch).as_millis() as u64;
         origin.paused_until_ms.fetch_max(until, Ordering::AcqRel) < until
+    }
+}
+
+impl Inner {
+    fn ms_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.ms_since_epoch(Instant::now())
+    }
+
+    /// Whether `origin` may be forgotten: nobody holds it but the map (no delivery is on it or
+    /// waiting with it), and no pause would be lost.
+    fn evictable(&self, origin: &Arc<Origin>, now_ms: u64) -> bool {
+        Arc::strong_count(origin) == 1 && origin.paused_until_ms.load(Ordering::Acquire) <= now_ms
+    }
+
+    /// Forgets the least recently used origin that can be; whether there was one.
+    fn evict_least_recently_used(&self, origins: &mut HashMap<String, Arc<Origin>>) -> bool {
+        let now_ms = self.now_ms();
+        let oldest = origins
+            .iter()
+            .filter(|(_, origin)| self.evictable(origin, now_ms))
+            .min_by_key(|(_, origin)| origin.last_used_ms.load(Ordering::Relaxed))
+            .map(|(name, _)| name.clone());
+        oldest.is_some_and(|name| origins.remove(&name).is_some())
+    }
+
+    /// Closes the connections of every origin idle for `idle_timeout` and forgets those that
+    /// can be; publishes what is held.
+    fn reap_idle(&self) {
+        let now_ms = self.now_ms();
+        let idle_ms = u64::try_from(self.config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut origins = self.origins.lock().unwrap_or_else(|e| e.into_inner());
+        let mut connections = 0;
+        origins.retain(|_, origin| {
+            if now_ms.saturating_sub(origin.last_used_ms.load(Ordering::Relaxed)) < idle_ms {
+                connections += origin.connections.open();
+                return true;
+            }
+            if self.evictable(origin, now_ms) {
+                return false;
+            }
+            origin.connections.close();
+            true
+        });
+        metrics::gauge!("pushfan_gateway_origins").set(origins.len() as f64);
+        metrics::gauge!("pushfan_gateway_connections").set(connections as f64);
+    }
+}
+
+/// Every so often, closes idle connections and forgets idle origins, until the gateway is gone.
+async fn reap(inner: Weak<Inner>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner.reap_idle();
+    }
+}
+
+/// Counts a failed request by class and logs it, at most once per [`WARN_EVERY`] per origin and
+/// class. The line names the origin, never the endpoint.
+fn failed(origin: &Origin, attempt: &Attempt) {
+    let (class, status, detail) = match attempt {
+        Attempt::Transport(failure) => (failure.kind.label(), 0, failure.detail.as_str()),
+        // Nothing was sent: the delivery's outcome (`invalid`) counts it.
+        Attempt::Unsendable(_) => return,
+        Attempt::Response(outcome) => {
+            let (status, detail) = match outcome {
+                PushOutcome::Rejected { status, reason } => (*status, reason.as_str()),
+                PushOutcome::Throttled { status, .. } | PushOutcome::Retryable { status } => (*status, ""),
+                PushOutcome::TooLarge => (413, ""),
+                PushOutcome::Accepted | PushOutcome::Gone { .. } => return,
+            };
+            (outcome.label(), status, detail)
+        }
+    };
+    origin.metrics.failures.increment(class);
+    // A throttled origin is logged when it is paused.
+    if class == "throttled" {
+        return;
+    }
+    let Some(index) = FAILURE_CLASSES.iter().position(|known| *known == class) else { return };
+    let admitted = origin.warnings.lock().unwrap_or_else(|e| e.into_inner()).admit(index, Instant::now());
+    if let Some(suppressed) = admitted {
+        // `?detail`: what a push service says is quoted and escaped, never written raw.
+        let mut end = detail.len().min(200);
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        let detail = detail.get(..end).unwrap_or_default();
+        warn!(origin = %origin.name, class, status, ?detail, suppressed, "push service request failed");
     }
 }
 

@@ -14,7 +14,7 @@ use pushfan_gateway::{
     RetryPolicy,
 };
 use pushfan_pushsim::{Burst, FaultPlan, Population, PushSim, PushSimConfig, Selection};
-use pushfan_webpush::{encrypt, Backend, ContentEncoding, Padding};
+use pushfan_webpush::{encrypt, Backend, ContentEncoding, EgressPolicy, Padding};
 
 mod common;
 use common::{deliveries, fast_retries, gateway, message, rfc8030_faults, send, start, PAYLOAD};
@@ -179,7 +179,12 @@ async fn a_push_service_that_is_down_is_a_transport_failure_not_a_hang() {
 #[tokio::test]
 async fn plain_http_without_h2c_goes_over_http1() {
     let sim = start(40, false, FaultPlan::default()).await;
-    let gateway = Gateway::new(GatewayConfig { plaintext_h2c: false, ..GatewayConfig::default() }).unwrap();
+    let gateway = Gateway::new(GatewayConfig {
+        plaintext_h2c: false,
+        egress: Arc::new(EgressPolicy::allow_loopback()),
+        ..GatewayConfig::default()
+    })
+    .unwrap();
     let reports = send(&gateway, &message(60), deliveries(&sim, 40)).await;
     assert!(reports.iter().all(|r| r.outcome == FinalOutcome::Accepted), "{reports:?}");
     assert_eq!(sim.stats().received.exactly_one, 40);
@@ -245,6 +250,7 @@ async fn an_origin_without_http2_falls_back_to_http1_over_tls() {
     let (addr, served) = http1_only_service(&tls).await;
     let gateway = Gateway::new(GatewayConfig {
         extra_root_certs: vec![tls.ca_der().to_vec()],
+        egress: Arc::new(EgressPolicy::allow_loopback()),
         ..GatewayConfig::default()
     })
     .unwrap();

@@ -23,7 +23,11 @@ async fn every_response_and_outcome_is_counted_once() {
     let mut counters = HashMap::new();
     let mut requests = 0;
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let outcome = key.key().labels().find(|l| l.key() == "outcome").map(|l| l.value().to_owned());
+        let outcome = key
+            .key()
+            .labels()
+            .find(|l| l.key() == "outcome" || l.key() == "class")
+            .map(|l| l.value().to_owned());
         match (key.key().name(), value) {
             ("pushfan_gateway_request_seconds", DebugValue::Histogram(samples)) => requests = samples.len(),
             (name, DebugValue::Counter(n)) if n > 0 && name.starts_with("pushfan_gateway_") => {
@@ -39,10 +43,15 @@ async fn every_response_and_outcome_is_counted_once() {
     assert_eq!(count("pushfan_gateway_responses_total", "throttled"), Some(2));
     assert_eq!(count("pushfan_gateway_responses_total", "retryable"), Some(2));
     assert_eq!(count("pushfan_gateway_deliveries_total", "accepted"), Some(7));
-    assert_eq!(count("pushfan_gateway_deliveries_total", "gone"), Some(3));
+    assert_eq!(count("pushfan_gateway_deliveries_total", "gone"), Some(2));
+    assert_eq!(count("pushfan_gateway_deliveries_total", "not_found"), Some(1));
+    // Failed requests by class: the 429s and the 500s (a 404/410 is the subscription's end,
+    // not a failure of the push service).
+    assert_eq!(count("pushfan_gateway_failures_total", "throttled"), Some(2));
+    assert_eq!(count("pushfan_gateway_failures_total", "retryable"), Some(2));
     assert_eq!(count("pushfan_gateway_retries_total", ""), Some(4));
     // Both 429s may land before either pauses the origin, or one after the other.
     assert!(matches!(count("pushfan_gateway_origin_pauses_total", ""), Some(1 | 2)));
-    assert_eq!(counters.len(), 8, "nothing else was counted: {counters:?}");
+    assert_eq!(counters.len(), 11, "nothing else was counted: {counters:?}");
     assert_eq!(requests, 14);
 }

@@ -238,7 +238,7 @@ fn keyring(config: &Config) -> anyhow::Result<Keyring> {
         let signer = VapidSigner::new(vapid, subject.clone())
             .with_validity(Duration::from_secs(config.vapid.validity_secs))
             .context("vapid.validity_secs")?;
-        keyring.insert(VapidKeyId(key.id), TokenCache::new(signer));
+        keyring.insert(VapidKeyId(key.id), TokenCache::with_capacity(signer, config.gateway.max_origins));
     }
     Ok(keyring)
 }
@@ -262,6 +262,8 @@ fn gateway(config: &Config) -> anyhow::Result<Gateway> {
         },
         plaintext_h2c: config.gateway.h2c,
         extra_root_certs,
+        idle_timeout: Duration::from_secs(config.gateway.idle_timeout_secs),
+        max_origins: config.gateway.max_origins,
         ..GatewayConfig::default()
     })?)
 }

@@ -414,6 +414,12 @@ pub(crate) struct GatewaySettings {
     pub(crate) extra_root_certs: Vec<PathBuf>,
     /// Write each delivery's outcome back to the subscription.
     pub(crate) record_outcomes: bool,
+    /// Seconds after which a push-service origin not sent to closes its connections and is
+    /// forgotten (unless paused or in use).
+    pub(crate) idle_timeout_secs: u64,
+    /// Push-service origins (connections, pause, VAPID token) held at once; past it the least
+    /// recently used idle one is forgotten.
+    pub(crate) max_origins: usize,
 }
 
 impl Default for GatewaySettings {
@@ -430,6 +436,8 @@ impl Default for GatewaySettings {
             h2c: false,
             extra_root_certs: Vec::new(),
             record_outcomes: true,
+            idle_timeout_secs: 90,
+            max_origins: 10_000,
         }
     }
 }
@@ -511,6 +519,12 @@ impl Config {
                 bail!("tenants[{i}] ({}): every API key must be at least 16 characters", tenant.name);
             }
         }
+        if self.gateway.throttle_deadline_secs == 0 {
+            bail!("gateway.throttle_deadline_secs must be at least 1");
+        }
+        if self.gateway.idle_timeout_secs == 0 || self.gateway.max_origins == 0 {
+            bail!("gateway.idle_timeout_secs and gateway.max_origins must be at least 1");
+        }
         if self.gateway.max_in_flight_per_origin == 0
             || self.gateway.max_attempts == 0
             || self.gateway.connections_per_origin == 0
@@ -518,9 +532,6 @@ impl Config {
             bail!(
                 "gateway.max_in_flight_per_origin, gateway.max_attempts and gateway.connections_per_origin must be at least 1"
             );
-        }
-        if self.gateway.throttle_deadline_secs == 0 {
-            bail!("gateway.throttle_deadline_secs must be at least 1");
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use pushfan_gateway::{Delivery, Gateway, GatewayConfig, Message, Report, RetryPolicy};
 use pushfan_pushsim::{Burst, FaultPlan, Population, PushSim, PushSimConfig, PushSimHandle, Selection};
 use pushfan_webpush::vapid::{Subject, TokenCache, VapidKey, VapidSigner};
-use pushfan_webpush::{encrypt, Backend, ContentEncoding, Padding, PushOptions};
+use pushfan_webpush::{encrypt, Backend, ContentEncoding, EgressPolicy, Padding, PushOptions};
 
 pub(crate) const PAYLOAD: &[u8] = b"{\"title\":\"hello\"}";
 
@@ -49,6 +49,7 @@ pub(crate) fn gateway(sim: &PushSimHandle, retry: RetryPolicy) -> Gateway {
         plaintext_h2c: sim.tls().is_none(),
         max_in_flight_per_origin: 16,
         retry,
+        egress: Arc::new(EgressPolicy::allow_loopback()),
         ..GatewayConfig::default()
     })
     .unwrap()
