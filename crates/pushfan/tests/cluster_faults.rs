@@ -46,6 +46,14 @@ fn sim_config() -> PushSimConfig {
     config
 }
 
+/// `config` with one answer in a thousand a second slow, as push services have slow backends:
+/// a page or batch holding one stays in flight while those after it finish. Returns the delay.
+fn with_slow_answers(mut config: PushSimConfig) -> (PushSimConfig, Duration) {
+    let slow = Duration::from_secs(1);
+    config.latency = Latency { slow_fraction: 0.001, slow, ..Latency::default() };
+    (config, slow)
+}
+
 /// A cluster of `settings` on `redis` with the whole population imported, every consumer group
 /// that does the broadcast's work settled (a rebalance mid-broadcast would redo work that no
 /// fault caused).
@@ -318,18 +326,43 @@ async fn an_ingest_killed_mid_broadcast_repeats_no_push() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_broadcast_repeats_at_most_its_pages_in_flight() {
+    worker_killed_with_the_direct_hand_off(false).await;
+}
+
+/// The same with slow answers, where pages finish out of order. Known to fail: the redone
+/// pages' counts do not close (targeted 100,002 to 100,006 of 100,000 in every run, nobody
+/// skipped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "after the kill the ledger counts a few subscriptions twice (targeted 100,006 of \
+            100,000) when pages finished out of order were redone; tracked in issue 17"]
+async fn a_worker_killed_mid_broadcast_while_pages_finish_out_of_order_repeats_at_most_its_pages_in_flight() {
+    worker_killed_with_the_direct_hand_off(true).await;
+}
+
+async fn worker_killed_with_the_direct_hand_off(slow_answers: bool) {
     let settings = Settings::new(HandOff::Direct);
-    // With the direct hand-off a page is in flight from its encryption until its results are
-    // on the bus, at most `concurrent_batches` at once per process (each holds a place);
-    // a page that finished while an earlier one of its shard was still out is redone too (the
-    // checkpoint follows the pages finished without a gap), at most as many again.
-    let bound = 2 * settings.concurrent_batches * settings.page_size;
+    let in_flight = settings.concurrent_batches * settings.page_size;
     let cut_off = settings.max_in_flight_per_origin;
-    let cluster = imported_cluster("worker-kill-direct", settings, &redis_url()).await;
+    // With slow answers pages behind a page that holds one finish first, so a checkpoint that
+    // passed the slow page before it was delivered would skip it.
+    let (sim, slow) =
+        if slow_answers { with_slow_answers(sim_config()) } else { (sim_config(), Duration::ZERO) };
+    let cluster = imported(Cluster::start("worker-kill-direct", sim, settings, &redis_url()).await).await;
     let shards = cluster.settings.shards;
     let fault = Fault::Kill { role: "worker1", busy: "pushfan_worker_encrypted_total", successor: None };
     let finished = broadcast_with(cluster, fault).await;
-    assert_nothing_lost("worker killed (direct hand-off)", &finished, shards, bound, cut_off);
+    // With the direct hand-off a page is in flight from its encryption until its results are
+    // on the bus, `concurrent_batches` at once per process (each holds a place). A page that
+    // finished while an earlier page of its shard was still out is redone too (the checkpoint
+    // follows the pages finished without a gap): at most what the worker sent within the
+    // slowest page's time (without slow answers, about a page's: as many again as in flight),
+    // at its pace before it died, taken twice over for the pace's ups and downs.
+    let behind = if slow_answers {
+        (2.0 * finished.victim_rate * slow.as_secs_f64()).ceil() as u64
+    } else {
+        in_flight
+    };
+    assert_nothing_lost("worker killed (direct hand-off)", &finished, shards, in_flight + behind, cut_off);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,14 +384,10 @@ async fn a_gateway_killed_mid_broadcast_repeats_at_most_its_batches_in_flight_an
     let settings = Settings::new(HandOff::Bus);
     let in_flight = settings.concurrent_batches * settings.page_size;
     let cut_off = settings.max_in_flight_per_origin;
-    // One answer in a thousand is slow, as push services have slow backends: a batch holding
-    // one is in flight long past a commit, so a gateway that acked (and committed) a batch
-    // before it was delivered would lose it here.
-    let mut sim = sim_config();
-    let slow = Duration::from_secs(1);
-    sim.latency = Latency { slow_fraction: 0.001, slow, ..Latency::default() };
-    let cluster = Cluster::start("gateway-kill", sim, settings, &redis_url()).await;
-    let cluster = imported(cluster).await;
+    // One answer in a thousand is slow: a batch holding one is in flight long past a commit,
+    // so a gateway that acked (and committed) a batch before it was delivered would lose it.
+    let (sim, slow) = with_slow_answers(sim_config());
+    let cluster = imported(Cluster::start("gateway-kill", sim, settings, &redis_url()).await).await;
     let shards = cluster.settings.shards;
     let fault = Fault::Kill { role: "gateway1", busy: "pushfan_gateway_deliveries_total", successor: None };
     let finished = broadcast_with(cluster, fault).await;
