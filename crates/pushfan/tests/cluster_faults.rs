@@ -421,7 +421,7 @@ async fn a_redis_restart_mid_broadcast_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: in 1 of 6 runs the ledger stopped at 99,700 accepted of 100,000 while the push \
+#[ignore = "flaky: in 1 of 12 runs the ledger stopped at 99,700 accepted of 100,000 while the push \
             service had accepted all 100,000 once (3 batches' results never counted after the \
             broker that coordinates the groups was down for 3 s); tracked in issue 17"]
 async fn kafka_broker_errors_mid_broadcast_lose_nothing() {
