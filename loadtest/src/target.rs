@@ -174,6 +174,13 @@ pub fn write_config(
         "extra_root_certs",
         toml::Value::Array(vec![ca.display().to_string().into()]),
     );
+    // The simulated push service listens on loopback, which pushfan refuses unless allowed.
+    set(
+        &mut config,
+        "egress",
+        "allowed_networks",
+        toml::Value::Array(vec!["127.0.0.0/8".into(), "::1/128".into()]),
+    );
     let mut tenant = toml::Table::new();
     tenant.insert("name".into(), TENANT.into());
     tenant.insert("api_keys".into(), toml::Value::Array(vec![credentials.api_key.clone().into()]));

@@ -29,7 +29,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::stream::{self, Stream, StreamExt};
 use pushfan_webpush::vapid::TokenCache;
 use pushfan_webpush::EgressPolicy;
-use pushfan_webpush::{build_request, classify, EncryptedPush, Endpoint, PushOptions, PushOutcome};
+use pushfan_webpush::{
+    build_request, classify, ttl_header, EncryptedPush, Endpoint, PushOptions, PushOutcome,
+};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -471,7 +473,7 @@ impl Gateway {
             let attempt = {
                 let _permit = origin.in_flight.acquire().await.expect("origin semaphores are never closed");
                 pending.attempts += 1;
-                let attempt = self.attempt(message, &origin, delivery).await;
+                let attempt = self.attempt(message, &origin, delivery, pending.attempts == 1).await;
                 let held_back = origin.held_back.swap(0, Ordering::AcqRel);
                 if held_back > 0 {
                     origin.in_flight.add_permits(held_back);
@@ -516,13 +518,18 @@ impl Gateway {
         Progress::Done(Report { tag: delivery.tag, outcome, attempts })
     }
 
-    async fn attempt<T>(&self, message: &Message, origin: &Origin, delivery: &Delivery<T>) -> Attempt {
+    async fn attempt<T>(
+        &self,
+        message: &Message,
+        origin: &Origin,
+        delivery: &Delivery<T>,
+        first_attempt: bool,
+    ) -> Attempt {
         let now = SystemTime::now();
         let unix_now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let token = message.vapid.token(&origin.name, unix_now);
         // A retried message has already waited: tell the push service how long it has left.
-        let remaining = message.expires_at.duration_since(now).unwrap_or_default().as_secs();
-        let ttl = u32::try_from(remaining).unwrap_or(u32::MAX).min(message.options.ttl);
+        let ttl = ttl_header(message.options.ttl, message.expires_at, now, first_attempt);
         let request = match build_request(&delivery.endpoint, &delivery.push, &message.options, ttl, &token) {
             Ok(request) => request,
             Err(error) => return Attempt::Unsendable(error),

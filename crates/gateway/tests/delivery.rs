@@ -36,6 +36,18 @@ async fn every_subscriber_gets_exactly_one_verified_message_over_tls_and_h2c() {
 }
 
 #[tokio::test]
+async fn first_attempts_carry_exactly_the_ttl_asked_on_the_wire() {
+    let sim = start(20, false, FaultPlan::default()).await;
+    let gateway = gateway(&sim, fast_retries());
+    for ttl in [120, 1, 0] {
+        sim.live_stats().reset();
+        let reports = send(&gateway, &message(ttl), deliveries(&sim, 20)).await;
+        assert!(reports.iter().all(|r| r.outcome == FinalOutcome::Accepted && r.attempts == 1), "ttl={ttl}");
+        assert_eq!(sim.live_stats().ttl_range(), Some((u64::from(ttl), u64::from(ttl))), "ttl={ttl}");
+    }
+}
+
+#[tokio::test]
 async fn gone_throttled_and_failing_subscribers_are_handled_by_the_rfc8030_rules() {
     let sim = start(10, true, rfc8030_faults()).await;
     let gateway = gateway(&sim, fast_retries());

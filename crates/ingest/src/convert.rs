@@ -26,7 +26,7 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
 pub fn subscription(
     request: v1::SubscribeRequest,
     tenant: &TenantId,
-    policy: EndpointPolicy,
+    policy: &EndpointPolicy,
     now: SystemTime,
 ) -> Result<Subscription, IngestError> {
     let keys = request.keys.ok_or_else(|| IngestError::invalid("keys", "is required"))?;
@@ -78,7 +78,10 @@ fn subscription_error(error: SubscriptionError) -> IngestError {
         | SubscriptionError::EndpointNotHttps(_)
         | SubscriptionError::EndpointNoHost
         | SubscriptionError::EndpointHasCredentials
-        | SubscriptionError::EndpointHasFragment => "endpoint",
+        | SubscriptionError::EndpointHasFragment
+        | SubscriptionError::EndpointTooLong { .. }
+        | SubscriptionError::EndpointNotRequestUri
+        | SubscriptionError::EndpointRefused(_) => "endpoint",
         SubscriptionError::P256dhNotBase64
         | SubscriptionError::P256dhWrongLength(_)
         | SubscriptionError::P256dhNotUncompressed(_)
@@ -344,7 +347,7 @@ mod tests {
     #[test]
     fn a_subscription_round_trips_to_its_api_form() {
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let stored = subscription(request(), &tenant(), EndpointPolicy::default(), now).unwrap();
+        let stored = subscription(request(), &tenant(), &EndpointPolicy::default(), now).unwrap();
         assert_eq!(stored.encodings, ContentEncodings::AES128GCM);
         let message = subscription_message(&stored);
         assert_eq!(message.subscription_id.len(), 28);
@@ -360,7 +363,7 @@ mod tests {
         let mut short_key = request();
         short_key.keys.as_mut().unwrap().p256dh = b64::encode(&[4; 30]);
         let (field, description) = field_of(
-            subscription(short_key, &tenant(), EndpointPolicy::default(), SystemTime::now()).unwrap_err(),
+            subscription(short_key, &tenant(), &EndpointPolicy::default(), SystemTime::now()).unwrap_err(),
         );
         assert_eq!(field, "keys.p256dh");
         assert_eq!(description, "must be a 65-byte uncompressed P-256 point, got 30 bytes");

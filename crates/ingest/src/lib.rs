@@ -128,7 +128,7 @@ impl<B: Clone> Clone for IngestState<B> {
             store: Arc::clone(&self.store),
             ledger: Arc::clone(&self.ledger),
             bus: self.bus.clone(),
-            policy: self.policy,
+            policy: self.policy.clone(),
             api_keys: Arc::clone(&self.api_keys),
             vapid_keys: Arc::clone(&self.vapid_keys),
         }

@@ -58,7 +58,7 @@ impl<B: Bus> SubscriptionService for SubscriptionApi<B> {
         observe("Subscribe", async {
             let tenant = self.state.tenant(&request)?;
             let subscription =
-                convert::subscription(request.into_inner(), &tenant, self.state.policy, std::time::SystemTime::now())?;
+                convert::subscription(request.into_inner(), &tenant, &self.state.policy, std::time::SystemTime::now())?;
             self.state.check_vapid_key("vapid_key_id", subscription.vapid_key.0)?;
             self.store().import(std::slice::from_ref(&subscription)).await?;
             tracing::debug!(id = %subscription.id, endpoint = %subscription.endpoint.redacted(), "subscribed");
@@ -203,7 +203,7 @@ impl<B: Bus> SubscriptionService for SubscriptionApi<B> {
             while let Some(message) = stream.message().await.map_err(IngestError::RequestStream)? {
                 for item in message.items {
                     let now = std::time::SystemTime::now();
-                    let converted = convert::subscription(item, &tenant, self.state.policy, now)
+                    let converted = convert::subscription(item, &tenant, &self.state.policy, now)
                         .and_then(|s| self.state.check_vapid_key("vapid_key_id", s.vapid_key.0).map(|()| s));
                     match converted {
                         Ok(subscription) => batch.push(subscription),

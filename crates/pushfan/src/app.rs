@@ -88,7 +88,10 @@ async fn start_with<B: Bus>(
     Stores { store, ledger, pause_board }: Stores,
 ) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
-    let policy = EndpointPolicy { allow_http_loopback: config.ingest.allow_http_loopback_endpoints };
+    // One egress policy for everything that decides where pushfan sends: ingest's and the
+    // pipeline's endpoint checks, and the gateway's connect-time check.
+    let egress = Arc::new(config.egress_policy()?);
+    let policy = EndpointPolicy::new(config.ingest.allow_http_loopback_endpoints, Arc::clone(&egress));
     let mut tasks = tokio::task::JoinSet::new();
     let mut ingest_addr = None;
     if roles.ingest {
@@ -101,7 +104,7 @@ async fn start_with<B: Bus>(
             Arc::clone(&ledger),
             bus.clone(),
             api_keys(config)?,
-            policy,
+            policy.clone(),
             config.vapid.keys.iter().map(|key| key.id),
         );
         let options =
@@ -130,7 +133,7 @@ async fn start_with<B: Bus>(
             store,
             ledger,
             keyring: Arc::new(keyring(config)?),
-            gateway: gateway(config)?,
+            gateway: gateway(config, Arc::clone(&egress))?,
             config: PipelineConfig {
                 page_size: config.worker.page_size,
                 concurrent_shard_jobs: config.worker.concurrent_shard_jobs,
@@ -243,7 +246,7 @@ fn keyring(config: &Config) -> anyhow::Result<Keyring> {
     Ok(keyring)
 }
 
-fn gateway(config: &Config) -> anyhow::Result<Gateway> {
+fn gateway(config: &Config, egress: Arc<pushfan_webpush::EgressPolicy>) -> anyhow::Result<Gateway> {
     let mut extra_root_certs = Vec::new();
     for path in &config.gateway.extra_root_certs {
         let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -264,6 +267,7 @@ fn gateway(config: &Config) -> anyhow::Result<Gateway> {
         extra_root_certs,
         idle_timeout: Duration::from_secs(config.gateway.idle_timeout_secs),
         max_origins: config.gateway.max_origins,
+        egress,
         ..GatewayConfig::default()
     })?)
 }

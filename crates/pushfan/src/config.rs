@@ -32,6 +32,26 @@ pub(crate) struct Config {
     pub(crate) gateway: GatewaySettings,
     /// Prometheus metrics.
     pub(crate) metrics: MetricsConfig,
+    /// Where pushfan may send.
+    pub(crate) egress: EgressConfig,
+}
+
+/// `[egress]`: where pushfan may send. By default only named hosts that resolve to public
+/// addresses; IP-literal endpoints, local names (`localhost`, `*.internal`) and non-public
+/// addresses (loopback, RFC 1918, CGNAT, link-local and cloud metadata, unique-local IPv6, ...)
+/// are refused at subscribe, import and send, and again when the gateway connects.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct EgressConfig {
+    /// Networks (CIDR, such as `10.1.0.0/16` or `::1/128`) allowed beyond public addresses: an
+    /// internal push service, or the simulated one on loopback. `[ingest]
+    /// allow_http_loopback_endpoints = true` adds `127.0.0.0/8` and `::1/128`.
+    pub(crate) allowed_networks: Vec<String>,
+    /// If not empty, the only hosts endpoints may name: `push.example.com` exactly or
+    /// `*.googleapis.com` for any name below it. The push services' hosts are
+    /// `*.googleapis.com` (FCM), `*.push.services.mozilla.com`, `*.push.apple.com` and
+    /// `*.notify.windows.com`.
+    pub(crate) allowed_hosts: Vec<String>,
 }
 
 /// Which store backend.
@@ -468,9 +488,38 @@ impl Config {
         Ok(config)
     }
 
+    /// The egress policy `[egress]` describes, loopback added when
+    /// `[ingest] allow_http_loopback_endpoints` is on.
+    pub(crate) fn egress_policy(&self) -> anyhow::Result<pushfan_webpush::EgressPolicy> {
+        use pushfan_webpush::egress::IpNet;
+        use pushfan_webpush::{EgressPolicy, HostPattern};
+        let networks = self
+            .egress
+            .allowed_networks
+            .iter()
+            .map(|text| {
+                text.trim().parse::<IpNet>().with_context(|| {
+                    format!("egress.allowed_networks: `{text}` is not a network in CIDR form (10.0.0.0/8, ::1/128)")
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let hosts = self
+            .egress
+            .allowed_hosts
+            .iter()
+            .map(|text| text.parse::<HostPattern>().context("egress.allowed_hosts"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut policy = EgressPolicy::new(networks, hosts);
+        if self.ingest.allow_http_loopback_endpoints {
+            policy = policy.with_networks(EgressPolicy::loopback_networks());
+        }
+        Ok(policy)
+    }
+
     /// Checks what serde cannot: ranges, and values that only make sense together.
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
         self.ingest.validate()?;
+        self.egress_policy()?;
         if self.store.shards == 0 {
             bail!("store.shards must be at least 1");
         }

@@ -108,6 +108,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         private_key_file: None,
     }];
     config.gateway.extra_root_certs = vec![ca];
+    // The simulated push service listens on loopback, which pushfan refuses unless allowed.
+    config.egress.allowed_networks = vec!["127.0.0.0/8".into(), "::1/128".into()];
     config.validate()?;
     let running = app::start(&config, Roles::STANDALONE).await?;
     let url = format!("http://{}", running.ingest_addr.context("standalone serves the API")?);

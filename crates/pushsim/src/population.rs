@@ -110,7 +110,7 @@ impl Population {
         for base in base_urls {
             let base = base.as_ref().trim_end_matches('/');
             // Validate once here so building each endpoint later cannot fail.
-            Endpoint::parse(&format!("{base}/push/0"), EndpointPolicy::allow_http_loopback())
+            Endpoint::parse(&format!("{base}/push/0"), &EndpointPolicy::allow_http_loopback())
                 .map_err(|_| PopulationError::BadOrigin(base.to_owned()))?;
             origins.push(base.to_owned());
         }
@@ -167,7 +167,7 @@ impl Population {
         let base = self.origins.get((index % self.origins.len().max(1) as u64) as usize);
         let base = base.ok_or(PopulationError::NoOrigin)?;
         let url = format!("{base}/push/{index}");
-        Ok(Endpoint::parse(&url, EndpointPolicy::allow_http_loopback())
+        Ok(Endpoint::parse(&url, &EndpointPolicy::allow_http_loopback())
             .expect("the origin was validated in with_origins and a decimal index keeps it valid"))
     }
 
@@ -260,7 +260,7 @@ mod tests {
         assert_eq!(population.endpoint(3).unwrap().as_str(), "http://localhost:9000/fcm/push/3");
 
         let json = population.subscription_json(3).unwrap();
-        let parsed = PushSubscription::parse(&json, EndpointPolicy::allow_http_loopback()).unwrap();
+        let parsed = PushSubscription::parse(&json, &EndpointPolicy::allow_http_loopback()).unwrap();
         assert_eq!(parsed.endpoint, population.endpoint(3).unwrap());
         assert_eq!(&parsed.keys, population.keys(3).subscription_keys());
         assert_eq!(parsed.expiration_time, None);

@@ -338,6 +338,7 @@ impl Handler {
             return Err(Refusal::Fault(fault));
         }
         let message = check::message_headers(&parts.headers, body.len())?;
+        self.state.stats.ttl(message.ttl);
         let sequence = self.state.sequence.fetch_add(1, Relaxed);
         if self.vapid_sample.hits(sequence) {
             let authority = check::authority(&parts.uri, &parts.headers)

@@ -81,6 +81,10 @@ pub struct Stats {
     payload_mismatches: AtomicU64,
     /// Messages answered 201, per subscriber index.
     received: Box<[AtomicU32]>,
+    /// The lowest and highest `TTL` header seen on a well-formed message (`u64::MAX` and 0
+    /// before any), so tests can check what went out on the wire.
+    ttl_min: AtomicU64,
+    ttl_max: AtomicU64,
 }
 
 impl Stats {
@@ -94,7 +98,20 @@ impl Stats {
             decrypt_failures: AtomicU64::new(0),
             payload_mismatches: AtomicU64::new(0),
             received: (0..count).map(|_| AtomicU32::new(0)).collect(),
+            ttl_min: AtomicU64::new(u64::MAX),
+            ttl_max: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn ttl(&self, ttl: u64) {
+        self.ttl_min.fetch_min(ttl, Relaxed);
+        self.ttl_max.fetch_max(ttl, Relaxed);
+    }
+
+    /// The lowest and highest `TTL` header seen since the start or the last reset, if any.
+    pub fn ttl_range(&self) -> Option<(u64, u64)> {
+        let (min, max) = (self.ttl_min.load(Relaxed), self.ttl_max.load(Relaxed));
+        (min <= max).then_some((min, max))
     }
 
     pub(crate) fn answered(&self, status: Status) {
@@ -146,6 +163,8 @@ impl Stats {
         for counter in self.received.iter() {
             counter.store(0, Relaxed);
         }
+        self.ttl_min.store(u64::MAX, Relaxed);
+        self.ttl_max.store(0, Relaxed);
     }
 
     /// The counters now. Concurrent requests may land between two reads, so totals are only

@@ -57,6 +57,7 @@ fn message(
     let push = encrypt(Backend::AwsLc, keys.subscription_keys(), encoding, payload, &Padding::None).unwrap();
     let token = signer.sign(endpoint.origin(), now());
     build_request(&endpoint, &push, &PushOptions::default(), PushOptions::default().ttl, &token)
+        .unwrap()
         .map(Full::new)
 }
 
@@ -147,6 +148,7 @@ async fn h2c_with_prior_knowledge() {
     let token = signer.sign(endpoint.origin(), now());
     let request =
         build_request(&endpoint, &push, &PushOptions::default(), PushOptions::default().ttl, &token)
+            .unwrap()
             .map(Full::new);
     assert_eq!(send(&h2c_client(), request).await.status, StatusCode::CREATED);
     assert_eq!(sim.live_stats().receive_counts(), vec![1, 1]);

@@ -46,7 +46,7 @@ fn subscriptions(tenant: &TenantId, n: usize, topics: &[Topic]) -> Vec<Subscript
             random_chars(115, &mut url);
             debug_assert_eq!(url.len(), 180);
             let push = PushSubscription {
-                endpoint: Endpoint::parse(&url, EndpointPolicy::default()).unwrap(),
+                endpoint: Endpoint::parse(&url, &EndpointPolicy::default()).unwrap(),
                 keys: keys.clone(),
                 expiration_time: None,
             };

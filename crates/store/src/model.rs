@@ -419,8 +419,8 @@ mod tests {
     #[test]
     fn ids_are_stable_per_endpoint() {
         let policy = pushfan_webpush::EndpointPolicy::default();
-        let a = Endpoint::parse("https://push.example/a", policy).unwrap();
-        let b = Endpoint::parse("https://push.example/b", policy).unwrap();
+        let a = Endpoint::parse("https://push.example/a", &policy).unwrap();
+        let b = Endpoint::parse("https://push.example/b", &policy).unwrap();
         assert_eq!(SubscriptionId::for_endpoint(&a), SubscriptionId::for_endpoint(&a.clone()));
         assert_ne!(SubscriptionId::for_endpoint(&a), SubscriptionId::for_endpoint(&b));
         // The first 14 bytes of SHA-256("https://push.example/a").

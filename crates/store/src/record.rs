@@ -145,8 +145,8 @@ pub(crate) fn decode(
     let vapid_key = VapidKeyId(read_varint(&mut rest)?);
     let endpoint = decode_endpoint(&mut rest)?;
     // Import already applied the deployment's endpoint policy; here only well-formedness matters.
-    let endpoint = Endpoint::from_serialized(endpoint, EndpointPolicy::allow_http_loopback())
-        .map_err(RecordError::BadEndpoint)?;
+    let endpoint =
+        Endpoint::from_serialized(endpoint, EndpointPolicy::stored()).map_err(RecordError::BadEndpoint)?;
     let expiration_time_ms =
         if has_expiration { Some(u64::from_be_bytes(array(take(&mut rest, 8)?))) } else { None };
     let topics = decode_topics(&mut rest)?;
@@ -445,7 +445,7 @@ mod tests {
 
     fn subscription(endpoint: &str, topics: &[&str]) -> Subscription {
         let push =
-            PushSubscription::new(endpoint, UA_PUBLIC, AUTH, EndpointPolicy::allow_http_loopback()).unwrap();
+            PushSubscription::new(endpoint, UA_PUBLIC, AUTH, &EndpointPolicy::allow_http_loopback()).unwrap();
         Subscription::new(
             TenantId::new("acme").unwrap(),
             push,

@@ -22,7 +22,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ipnet::IpNet;
+/// Networks, as `allowed_networks` takes them (`10.0.0.0/8`, `fd00::/8`).
+pub use ipnet::IpNet;
 
 /// What kind of address an IP is, as far as sending to it is concerned. Only [`Public`] is
 /// reachable by default.

@@ -22,6 +22,19 @@ pub const MAX_TOPIC_LEN: usize = 32;
 /// The longest push-service reason kept: enough to diagnose, short enough to store per failure.
 const MAX_REASON_LEN: usize = 200;
 
+/// Why no request could be built for a push. Retrying cannot help: the same endpoint and
+/// options fail the same way, so the delivery is final.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The endpoint is not a URI an HTTP request can carry. [`Endpoint::parse`] refuses such
+    /// endpoints, so only one that bypassed it (a damaged record) gets here.
+    #[error("endpoint {0} is not a valid request URI")]
+    InvalidUri(String),
+    /// A header value that HTTP cannot carry.
+    #[error("header `{0}` has a value HTTP cannot carry")]
+    InvalidHeader(&'static str),
+}
+
 /// What is wrong with push options.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OptionsError {
@@ -118,18 +131,33 @@ const TOPIC: HeaderName = HeaderName::from_static("topic");
 const ENCRYPTION: HeaderName = HeaderName::from_static("encryption");
 const CRYPTO_KEY: HeaderName = HeaderName::from_static("crypto-key");
 
+/// The `TTL` header of an attempt at a message asked to live `requested` seconds until
+/// `expires_at`: the first attempt sends exactly what was asked; a retry sends what is left,
+/// rounded up (a message with 0.3 s left may still be delivered, so it is never 0 unless 0 was
+/// asked), and never more than was asked.
+pub fn ttl_header(requested: u32, expires_at: SystemTime, now: SystemTime, first_attempt: bool) -> u32 {
+    if first_attempt || requested == 0 {
+        return requested;
+    }
+    let left = expires_at.duration_since(now).unwrap_or(Duration::ZERO);
+    let seconds = left.as_secs().saturating_add(u64::from(left.subsec_nanos() > 0));
+    u32::try_from(seconds).unwrap_or(u32::MAX).clamp(1, requested)
+}
+
 /// The `POST` to a subscription's endpoint carrying `push`, signed with `vapid`. `ttl` is the
-/// `TTL` header: the message's (`options.ttl`), or on a retry what is left of it.
+/// `TTL` header ([`ttl_header`]).
 pub fn build_request(
     endpoint: &Endpoint,
     push: &EncryptedPush,
     options: &PushOptions,
     ttl: u32,
     vapid: &VapidToken,
-) -> Request<Bytes> {
+) -> Result<Request<Bytes>, RequestError> {
+    let uri =
+        http::Uri::try_from(endpoint.as_str()).map_err(|_| RequestError::InvalidUri(endpoint.redacted()))?;
     let mut request = Request::new(push.body.clone());
     *request.method_mut() = Method::POST;
-    *request.uri_mut() = endpoint.as_str().parse().expect("a validated URL is a valid URI");
+    *request.uri_mut() = uri;
     let headers = request.headers_mut();
     // Room for every header below at once, rather than growing the map twice per push; header
     // names as constants, not parsed from text per push.
@@ -137,28 +165,29 @@ pub fn build_request(
     headers.insert(TTL, HeaderValue::from(ttl));
     headers.insert(URGENCY, HeaderValue::from_static(options.urgency.as_str()));
     if let Some(topic) = &options.topic {
-        headers.insert(TOPIC, header_value(topic.as_str()));
+        headers.insert(TOPIC, header_value(topic.as_str(), "topic")?);
     }
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert(CONTENT_ENCODING, HeaderValue::from_static(push.encoding.as_str()));
     headers.insert(CONTENT_LENGTH, HeaderValue::from(push.body.len()));
     match (push.encoding, &push.aesgcm) {
         (ContentEncoding::Aesgcm, Some(params)) => {
-            headers.insert(AUTHORIZATION, header_value(&vapid.legacy_authorization()));
-            headers.insert(ENCRYPTION, header_value(&params.encryption_header()));
+            headers.insert(AUTHORIZATION, header_value(&vapid.legacy_authorization(), "authorization")?);
+            headers.insert(ENCRYPTION, header_value(&params.encryption_header(), "encryption")?);
             let crypto_key = format!("{};p256ecdsa={}", params.crypto_key_dh(), vapid.public_key_base64);
-            headers.insert(CRYPTO_KEY, header_value(&crypto_key));
+            headers.insert(CRYPTO_KEY, header_value(&crypto_key, "crypto-key")?);
         }
         _ => {
             headers.insert(AUTHORIZATION, vapid.authorization_header.clone());
         }
     }
-    request
+    Ok(request)
 }
 
-/// Every value put in a header here is base64url, digits or fixed ASCII.
-fn header_value(text: &str) -> HeaderValue {
-    HeaderValue::from_str(text).expect("base64url and ASCII are valid header values")
+/// Every value put in a header here is base64url, digits or fixed ASCII; a value that is not
+/// fails its request rather than the process.
+fn header_value(text: &str, name: &'static str) -> Result<HeaderValue, RequestError> {
+    HeaderValue::from_str(text).map_err(|_| RequestError::InvalidHeader(name))
 }
 
 /// What a push service's answer means for the message and the subscription.
@@ -306,6 +335,24 @@ mod tests {
     }
 
     #[test]
+    fn first_attempts_send_the_ttl_asked_and_retries_what_is_left_rounded_up() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let after = |millis: u64| now + Duration::from_millis(millis);
+        // A first attempt is sent as soon as the message's expiry is computed, so a little of
+        // it has always passed: the header is still what was asked.
+        assert_eq!(ttl_header(120, after(119_990), now, true), 120);
+        assert_eq!(ttl_header(1, after(990), now, true), 1);
+        assert_eq!(ttl_header(0, now, now, true), 0);
+        assert_eq!(ttl_header(0, now, after(5_000), false), 0);
+        assert_eq!(ttl_header(120, after(119_200), now, false), 120);
+        assert_eq!(ttl_header(120, after(60_000), now, false), 60);
+        assert_eq!(ttl_header(120, after(300), now, false), 1);
+        assert_eq!(ttl_header(120, now, after(1_000), false), 1, "expired: the least that is not 0");
+        assert_eq!(ttl_header(120, after(500_000), now, false), 120, "never more than asked");
+        assert_eq!(ttl_header(u32::MAX, after(u64::MAX / 2), now, false), u32::MAX);
+    }
+
+    #[test]
     fn topics_and_urgency_are_validated() {
         assert!(Topic::parse("news-2026_11").is_ok());
         assert_eq!(Topic::parse(&"a".repeat(33)), Err(OptionsError::TopicLength(33)));
@@ -319,7 +366,7 @@ mod tests {
     fn requests_carry_the_rfc8030_and_vapid_headers() {
         let ua = UserAgentKeys::generate(Backend::AwsLc).unwrap();
         let endpoint =
-            Endpoint::parse("https://push.example.net/wpush/v2/abc", EndpointPolicy::default()).unwrap();
+            Endpoint::parse("https://push.example.net/wpush/v2/abc", &EndpointPolicy::default()).unwrap();
         let signer =
             VapidSigner::new(VapidKey::generate(), Subject::parse("mailto:ops@example.com").unwrap());
         let token = signer.sign(endpoint.origin(), 1_800_000_000);
@@ -334,7 +381,7 @@ mod tests {
             &Padding::None,
         )
         .unwrap();
-        let request = build_request(&endpoint, &push, &options, options.ttl, &token);
+        let request = build_request(&endpoint, &push, &options, options.ttl, &token).unwrap();
         let h = request.headers();
         assert_eq!(request.method(), Method::POST);
         assert_eq!(request.uri(), "https://push.example.net/wpush/v2/abc");
@@ -354,7 +401,7 @@ mod tests {
         let legacy =
             encrypt(Backend::AwsLc, ua.subscription_keys(), ContentEncoding::Aesgcm, b"hi", &Padding::None)
                 .unwrap();
-        let request = build_request(&endpoint, &legacy, &options, options.ttl, &token);
+        let request = build_request(&endpoint, &legacy, &options, options.ttl, &token).unwrap();
         let h = request.headers();
         let params = legacy.aesgcm.unwrap();
         assert_eq!(h["content-encoding"], "aesgcm");

@@ -5,15 +5,26 @@
 //! a 16-byte auth secret and an endpoint the [`EndpointPolicy`] allows.
 
 use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, LazyLock};
 
 use url::Url;
 
 use crate::b64;
+use crate::egress::{EgressError, EgressPolicy};
 
 /// Length of an uncompressed SEC1 P-256 public key (`0x04 || x || y`).
 pub const P256_PUBLIC_KEY_LEN: usize = 65;
 /// Length of the subscription's authentication secret (RFC 8291 §3.2).
 pub const AUTH_SECRET_LEN: usize = 16;
+/// The longest endpoint URL accepted, in bytes, before and after normalisation.
+///
+/// The push services' endpoints are far shorter: FCM's about 150-250 characters, Mozilla
+/// autopush's 200-400, Apple's 150-200, Windows WNS's up to about 500. 2048 leaves four times
+/// the longest room, is the limit URLs have long been held to in practice, and keeps what one
+/// subscription costs bounded: every store record and every delivery on the bus holds the
+/// endpoint whole, and an `http::Uri` (which cannot hold 64 KiB) must be able to carry it.
+pub const MAX_ENDPOINT_LEN: usize = 2048;
 
 /// Why a subscription was refused. Each variant names the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +43,12 @@ pub enum SubscriptionError {
     EndpointHasCredentials,
     #[error("endpoint must not carry a fragment")]
     EndpointHasFragment,
+    #[error("endpoint is {len} bytes long, more than the {max} allowed")]
+    EndpointTooLong { len: usize, max: usize },
+    #[error("endpoint is not a URL an HTTP request can carry (its host or path)")]
+    EndpointNotRequestUri,
+    #[error("endpoint refused: {0}")]
+    EndpointRefused(#[from] EgressError),
     #[error("keys.p256dh is not base64url")]
     P256dhNotBase64,
     #[error("keys.p256dh must be a 65-byte uncompressed P-256 point, got {0} bytes")]
@@ -48,20 +65,48 @@ pub enum SubscriptionError {
     BadExpirationTime(String),
 }
 
-/// Which endpoints are acceptable. The default accepts only `https` URLs.
+/// Which endpoints are acceptable. The default accepts only `https` URLs whose host the default
+/// [`EgressPolicy`] allows: named hosts that are not local names (no IP literals, no
+/// `localhost`, no `*.internal`).
 ///
-/// Plain `http` on loopback exists for the simulated push service in tests and demos; the SSRF
-/// guards of the gateway build on this same seam.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Plain `http` on loopback exists for the simulated push service in tests and demos; it needs
+/// loopback allowed by `egress` as well, which [`EndpointPolicy::allow_http_loopback`] does. The
+/// gateway checks the addresses a host resolves to against the same [`EgressPolicy`] when it
+/// connects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointPolicy {
     /// Also accept `http://` endpoints whose host is a loopback address or `localhost`.
     pub allow_http_loopback: bool,
+    /// Which hosts may be sent to; shared with the gateway's connect-time check.
+    pub egress: Arc<EgressPolicy>,
 }
 
 impl EndpointPolicy {
-    /// Accepts `https` anywhere and `http` on loopback only.
-    pub const fn allow_http_loopback() -> Self {
-        Self { allow_http_loopback: true }
+    /// Accepts `https` and `http` on loopback, and loopback hosts (`127.0.0.0/8`, `::1`,
+    /// `localhost`): the simulated push service of tests and the demo.
+    pub fn allow_http_loopback() -> Self {
+        Self { allow_http_loopback: true, egress: Arc::new(EgressPolicy::allow_loopback()) }
+    }
+
+    /// `https` (and `http` on loopback, if `allow_http_loopback`) to the hosts `egress` allows.
+    pub fn new(allow_http_loopback: bool, egress: Arc<EgressPolicy>) -> Self {
+        Self { allow_http_loopback, egress }
+    }
+
+    /// The egress policy endpoints are held to.
+    pub fn egress(&self) -> &Arc<EgressPolicy> {
+        &self.egress
+    }
+
+    /// For reading back endpoints that were validated when written (store records): every
+    /// well-formed endpoint, `http` on loopback included, whatever its host. The sender checks
+    /// each against its own policy with [`Endpoint::check`] before sending.
+    pub fn stored() -> &'static EndpointPolicy {
+        static STORED: LazyLock<EndpointPolicy> = LazyLock::new(|| EndpointPolicy {
+            allow_http_loopback: true,
+            egress: Arc::new(EgressPolicy::unrestricted()),
+        });
+        &STORED
     }
 }
 
@@ -81,9 +126,19 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Parses and validates an endpoint URL under `policy`.
-    pub fn parse(raw: &str, policy: EndpointPolicy) -> Result<Self, SubscriptionError> {
+    /// Parses and validates an endpoint URL under `policy`: what this accepts, an HTTP request
+    /// can always be built for ([`crate::build_request`]).
+    pub fn parse(raw: &str, policy: &EndpointPolicy) -> Result<Self, SubscriptionError> {
+        // Before parsing, so that an oversized input costs no parse; and after, since
+        // normalisation (percent-encoding, punycode) can lengthen it.
+        let too_long = |len: usize| SubscriptionError::EndpointTooLong { len, max: MAX_ENDPOINT_LEN };
+        if raw.len() > MAX_ENDPOINT_LEN {
+            return Err(too_long(raw.len()));
+        }
         let url = Url::parse(raw).map_err(|e| SubscriptionError::EndpointNotUrl(e.to_string()))?;
+        if url.as_str().len() > MAX_ENDPOINT_LEN {
+            return Err(too_long(url.as_str().len()));
+        }
         let host = url.host().ok_or(SubscriptionError::EndpointNoHost)?;
         match url.scheme() {
             "https" => {}
@@ -96,6 +151,17 @@ impl Endpoint {
         if url.fragment().is_some() {
             return Err(SubscriptionError::EndpointHasFragment);
         }
+        // The URL standard lets through hosts an HTTP request cannot carry (`a{b.example`): the
+        // request must be buildable from exactly this text, naming the same host, port and path.
+        let uri = http::Uri::try_from(url.as_str()).map_err(|_| SubscriptionError::EndpointNotRequestUri)?;
+        let same = uri.authority().map(|a| a.as_str())
+            == Some(&url[url::Position::BeforeHost..url::Position::AfterPort])
+            && uri.path_and_query().map(|p| p.as_str())
+                == Some(&url[url::Position::BeforePath..url::Position::AfterQuery]);
+        if !same {
+            return Err(SubscriptionError::EndpointNotRequestUri);
+        }
+        policy.egress.check_host(&host)?;
         // For http(s) without credentials, the serialisation up to the path is exactly the
         // origin's (default ports are dropped, the host is normalised).
         let origin_len = url[..url::Position::BeforePath].len();
@@ -108,7 +174,7 @@ impl Endpoint {
     /// that goes through the full parse, which names what is wrong with it.
     pub fn from_serialized(
         text: impl Into<String>,
-        policy: EndpointPolicy,
+        policy: &EndpointPolicy,
     ) -> Result<Self, SubscriptionError> {
         let text = text.into();
         match Self::serialized_origin_len(&text, policy) {
@@ -118,16 +184,34 @@ impl Endpoint {
     }
 
     /// Checks an endpoint read back under a looser policy than the sender's (the store reads
-    /// plain http to loopback) against `policy`, failing as [`Endpoint::parse`] would.
-    pub fn check(&self, policy: EndpointPolicy) -> Result<(), SubscriptionError> {
+    /// every well-formed endpoint, [`EndpointPolicy::stored`]) against `policy`, failing as
+    /// [`Endpoint::parse`] would.
+    pub fn check(&self, policy: &EndpointPolicy) -> Result<(), SubscriptionError> {
         if self.url.starts_with("http://") && !policy.allow_http_loopback {
             return Err(SubscriptionError::EndpointNotHttps("http".into()));
         }
+        let host = self.host().ok_or(SubscriptionError::EndpointNoHost)?;
+        policy.egress.check_host(&host)?;
         Ok(())
     }
 
+    /// The host, as the URL parser normalised it.
+    pub fn host(&self) -> Option<url::Host<&str>> {
+        let (_, authority) = self.origin().split_once("://")?;
+        if let Some(bracketed) = authority.strip_prefix('[') {
+            let (v6, _) = bracketed.split_once(']')?;
+            return v6.parse::<Ipv6Addr>().ok().map(url::Host::Ipv6);
+        }
+        let host = authority.rsplit_once(':').map_or(authority, |(host, _port)| host);
+        // A normalised URL writes every IPv4 host in dotted-decimal form, and no name as one.
+        Some(host.parse::<Ipv4Addr>().map_or(url::Host::Domain(host), url::Host::Ipv4))
+    }
+
     /// Where the origin of a normalised http(s) URL ends, if `text` is one `policy` allows.
-    fn serialized_origin_len(text: &str, policy: EndpointPolicy) -> Option<usize> {
+    fn serialized_origin_len(text: &str, policy: &EndpointPolicy) -> Option<usize> {
+        if text.len() > MAX_ENDPOINT_LEN {
+            return None;
+        }
         let (scheme_len, rest) = if let Some(rest) = text.strip_prefix("https://") {
             (8, rest)
         } else {
@@ -157,6 +241,10 @@ impl Endpoint {
             return None;
         }
         if host.contains("xn--") || (scheme_len == 7 && !is_loopback_name(host)) {
+            return None;
+        }
+        let parsed_host = host.parse::<Ipv4Addr>().map_or(url::Host::Domain(host), url::Host::Ipv4);
+        if policy.egress.check_host(&parsed_host).is_err() {
             return None;
         }
         // The path and query as a parser leaves them: nothing it would percent-encode, no
@@ -300,7 +388,7 @@ pub struct PushSubscription {
 
 impl PushSubscription {
     /// Parses the JSON of `PushSubscription.toJSON()` and validates every field.
-    pub fn parse(json: &str, policy: EndpointPolicy) -> Result<Self, SubscriptionError> {
+    pub fn parse(json: &str, policy: &EndpointPolicy) -> Result<Self, SubscriptionError> {
         let raw: serde_json::Value =
             serde_json::from_str(json).map_err(|e| SubscriptionError::Json(e.to_string()))?;
         fn text<'a>(
@@ -329,7 +417,7 @@ impl PushSubscription {
         endpoint: &str,
         p256dh: &str,
         auth: &str,
-        policy: EndpointPolicy,
+        policy: &EndpointPolicy,
     ) -> Result<Self, SubscriptionError> {
         Ok(Self {
             endpoint: Endpoint::parse(endpoint, policy)?,
@@ -381,7 +469,7 @@ mod tests {
     }
 
     fn parse(endpoint: &str, p256dh: &str, auth: &str) -> Result<PushSubscription, SubscriptionError> {
-        PushSubscription::parse(&json(endpoint, p256dh, auth), EndpointPolicy::default())
+        PushSubscription::parse(&json(endpoint, p256dh, auth), &EndpointPolicy::default())
     }
 
     #[test]
@@ -398,7 +486,7 @@ mod tests {
         let json = format!(
             r#"{{"endpoint":"{ENDPOINT}","expirationTime":1700000000000,"keys":{{"p256dh":"{UA_PUBLIC}=","auth":"{AUTH}=="}}}}"#
         );
-        let sub = PushSubscription::parse(&json, EndpointPolicy::default()).unwrap();
+        let sub = PushSubscription::parse(&json, &EndpointPolicy::default()).unwrap();
         assert_eq!(sub.expiration_time, Some(1_700_000_000_000));
     }
 
@@ -431,7 +519,7 @@ mod tests {
         for (got, want) in cases {
             assert_eq!(got.unwrap_err(), want);
         }
-        let parse_json = |json: &str| PushSubscription::parse(json, EndpointPolicy::default()).unwrap_err();
+        let parse_json = |json: &str| PushSubscription::parse(json, &EndpointPolicy::default()).unwrap_err();
         assert_eq!(parse_json(r#"{"endpoint": 3}"#), MissingField("endpoint"));
         assert_eq!(parse_json(&format!(r#"{{"endpoint": "{ENDPOINT}"}}"#)), MissingField("keys.p256dh"));
         assert!(matches!(parse_json("{"), Json(_)));
@@ -441,7 +529,7 @@ mod tests {
 
     #[test]
     fn http_only_on_loopback_and_only_when_allowed() {
-        let policy = EndpointPolicy::allow_http_loopback();
+        let policy = &EndpointPolicy::allow_http_loopback();
         assert!(Endpoint::parse("http://127.0.0.1:8080/p/1", policy).is_ok());
         assert!(Endpoint::parse("http://[::1]:8080/p/1", policy).is_ok());
         assert!(Endpoint::parse("http://localhost/p/1", policy).is_ok());
@@ -449,7 +537,7 @@ mod tests {
             Endpoint::parse("http://10.0.0.1/p/1", policy),
             Err(SubscriptionError::EndpointNotHttps("http".into()))
         );
-        assert!(Endpoint::parse("http://127.0.0.1/p/1", EndpointPolicy::default()).is_err());
+        assert!(Endpoint::parse("http://127.0.0.1/p/1", &EndpointPolicy::default()).is_err());
     }
 
     #[test]
@@ -494,7 +582,7 @@ mod tests {
             "ftp://push.example/a",
             "not a url",
         ];
-        for policy in [EndpointPolicy::default(), EndpointPolicy::allow_http_loopback()] {
+        for policy in [&EndpointPolicy::default(), &EndpointPolicy::allow_http_loopback()] {
             for raw in inputs {
                 let full = Endpoint::parse(raw, policy);
                 assert_eq!(Endpoint::from_serialized(raw, policy), full, "{raw:?} under {policy:?}");
@@ -509,15 +597,15 @@ mod tests {
         // An endpoint read back under the loose policy, checked against each, fails as reading
         // it under that policy would.
         for raw in inputs {
-            if let Ok(loose) = Endpoint::parse(raw, EndpointPolicy::allow_http_loopback()) {
-                for policy in [EndpointPolicy::default(), EndpointPolicy::allow_http_loopback()] {
+            if let Ok(loose) = Endpoint::parse(raw, EndpointPolicy::stored()) {
+                for policy in [&EndpointPolicy::default(), &EndpointPolicy::allow_http_loopback()] {
                     let strict = Endpoint::from_serialized(loose.as_str(), policy);
                     assert_eq!(loose.check(policy), strict.map(|_| ()), "{raw:?} under {policy:?}");
                 }
             }
         }
         // The push services' endpoints, as stored, take the short way.
-        let policy = EndpointPolicy::allow_http_loopback();
+        let policy = &EndpointPolicy::allow_http_loopback();
         for raw in &inputs[..5] {
             assert!(Endpoint::serialized_origin_len(raw, policy).is_some(), "{raw:?}");
         }
@@ -526,13 +614,141 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_a_request_cannot_carry_are_refused_naming_the_endpoint() {
+        let policy = &EndpointPolicy::default();
+        let huge = format!("https://push.example/{}", "a".repeat(70_000));
+        assert_eq!(
+            Endpoint::parse(&huge, policy),
+            Err(SubscriptionError::EndpointTooLong { len: huge.len(), max: MAX_ENDPOINT_LEN })
+        );
+        assert_eq!(Endpoint::from_serialized(huge.as_str(), policy), Endpoint::parse(&huge, policy));
+        let longest = format!("https://push.example/{}", "a".repeat(MAX_ENDPOINT_LEN - 21));
+        assert_eq!(Endpoint::parse(&longest, policy).unwrap().as_str(), longest);
+        // Percent-encoding lengthens an endpoint past the cap.
+        let grows = format!("https://push.example/{}", "\u{e9}".repeat(MAX_ENDPOINT_LEN / 4));
+        assert!(grows.len() <= MAX_ENDPOINT_LEN);
+        assert!(matches!(Endpoint::parse(&grows, policy), Err(SubscriptionError::EndpointTooLong { .. })));
+        for raw in ["https://a{b.example.com/x", "https://a}b.example.com/x"] {
+            assert_eq!(
+                Endpoint::parse(raw, policy),
+                Err(SubscriptionError::EndpointNotRequestUri),
+                "{raw:?}"
+            );
+            assert_eq!(Endpoint::from_serialized(raw, policy), Err(SubscriptionError::EndpointNotRequestUri));
+        }
+        for error in [
+            SubscriptionError::EndpointTooLong { len: 3, max: 2 },
+            SubscriptionError::EndpointNotRequestUri,
+            SubscriptionError::EndpointRefused(crate::EgressError::IpLiteral([8, 8, 8, 8].into())),
+        ] {
+            assert!(error.to_string().starts_with("endpoint "), "{error}");
+        }
+        // IDN hosts are sent in their punycode form.
+        let idn = Endpoint::parse("https://B\u{fc}cher.example/push/1", policy).unwrap();
+        assert_eq!(idn.as_str(), "https://xn--bcher-kva.example/push/1");
+        assert_eq!(Endpoint::from_serialized(idn.as_str(), policy).unwrap(), idn);
+    }
+
+    #[test]
+    fn endpoints_to_internal_hosts_are_refused_unless_allowed() {
+        use crate::egress::AddressClass;
+        let strict = &EndpointPolicy::default();
+        let metadata = "https://169.254.169.254/latest/meta-data/";
+        let refused = SubscriptionError::EndpointRefused(EgressError::Address {
+            ip: [169, 254, 169, 254].into(),
+            class: AddressClass::LinkLocal,
+        });
+        assert_eq!(Endpoint::parse(metadata, strict), Err(refused.clone()));
+        assert_eq!(Endpoint::from_serialized(metadata, strict), Err(refused.clone()));
+        // Read back as stored, then checked before sending.
+        let stored = Endpoint::from_serialized(metadata, EndpointPolicy::stored()).unwrap();
+        assert_eq!(stored.check(strict), Err(refused));
+        assert!(stored.check(&EndpointPolicy::allow_http_loopback()).is_err());
+        for raw in
+            ["https://localhost/p", "https://127.0.0.1:8443/p", "https://[::1]/p", "https://0x7f000001/p"]
+        {
+            assert!(
+                matches!(Endpoint::parse(raw, strict), Err(SubscriptionError::EndpointRefused(_))),
+                "{raw}"
+            );
+            let loopback = Endpoint::parse(raw, &EndpointPolicy::allow_http_loopback()).unwrap();
+            assert_eq!(loopback.check(&EndpointPolicy::allow_http_loopback()), Ok(()));
+            assert!(loopback.check(strict).is_err());
+        }
+        let private = EgressPolicy::new(vec!["10.0.0.0/8".parse().unwrap()], Vec::new());
+        let policy = &EndpointPolicy::new(false, Arc::new(private));
+        assert!(Endpoint::parse("https://10.1.2.3/p", policy).is_ok());
+        assert!(Endpoint::parse("https://127.0.0.1/p", policy).is_err());
+    }
+
+    #[test]
+    fn endpoint_hosts_read_back_as_parsed() {
+        for (raw, host) in [
+            ("https://push.example:8443/a", url::Host::Domain("push.example")),
+            ("https://127.0.0.1:8443/a", url::Host::Ipv4([127, 0, 0, 1].into())),
+            ("https://[::1]:8443/a", url::Host::Ipv6(std::net::Ipv6Addr::LOCALHOST)),
+            ("https://[::ffff:127.0.0.1]/a", url::Host::Ipv6("::ffff:127.0.0.1".parse().unwrap())),
+        ] {
+            let endpoint = Endpoint::parse(raw, EndpointPolicy::stored()).unwrap();
+            assert_eq!(endpoint.host(), Some(host), "{raw}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever is accepted, by the full parse or the fast path, reads back the same and
+        /// builds a request; the fast path never accepts what the full parse refuses.
+        #[test]
+        fn accepted_endpoints_always_build_a_request(
+            origin in proptest::sample::select(vec![
+                "https://push.example", "https://PUSH.example:443", "https://push.example:8443",
+                "http://127.0.0.1:8080", "http://localhost", "https://[::1]", "https://127.0.0.1",
+                "https://a{b.example", "https://xn--bcher-kva.example", "https://b\u{fc}cher.example",
+                "https://10.0.0.1", "https://0x7f000001", "https://push.internal", "https://push.",
+                "https://[::ffff:127.0.0.1]:1", "https://push.example:0", "https://push.example:65536",
+            ]),
+            rest in "[/?#a-zA-Z0-9%.:@!$&'()*+,;=\\\\ \"<>^`{|}~\\[\\]\u{e9}\u{7f}\t-]{0,24}",
+        ) {
+            let raw = format!("{origin}{rest}");
+            let (push, token) = request_parts();
+            for policy in [&EndpointPolicy::default(), &EndpointPolicy::allow_http_loopback(), EndpointPolicy::stored()] {
+                let full = Endpoint::parse(&raw, policy);
+                proptest::prop_assert_eq!(&Endpoint::from_serialized(raw.as_str(), policy), &full, "{:?}", raw);
+                if let Ok(endpoint) = full {
+                    let again = Endpoint::from_serialized(endpoint.as_str(), policy);
+                    proptest::prop_assert_eq!(again.as_ref(), Ok(&endpoint));
+                    proptest::prop_assert_eq!(endpoint.check(policy), Ok(()));
+                    let options = crate::PushOptions::default();
+                    let built = crate::build_request(&endpoint, &push, &options, options.ttl, &token);
+                    proptest::prop_assert!(built.is_ok(), "{:?}: {:?}", raw, built.err());
+                }
+            }
+        }
+    }
+
+    fn request_parts() -> (crate::EncryptedPush, crate::vapid::VapidToken) {
+        use crate::vapid::{Subject, VapidKey, VapidSigner};
+        let keys = SubscriptionKeys::from_base64(UA_PUBLIC, AUTH).unwrap();
+        let push = crate::encrypt(
+            crate::Backend::AwsLc,
+            &keys,
+            crate::ContentEncoding::Aes128gcm,
+            b"hi",
+            &crate::Padding::None,
+        )
+        .unwrap();
+        let signer =
+            VapidSigner::new(VapidKey::generate(), Subject::parse("mailto:ops@example.com").unwrap());
+        (push, signer.sign("https://push.example", 1_800_000_000))
+    }
+
+    #[test]
     fn endpoints_are_redacted_in_logs() {
-        let endpoint = Endpoint::parse(ENDPOINT, EndpointPolicy::default()).unwrap();
+        let endpoint = Endpoint::parse(ENDPOINT, &EndpointPolicy::default()).unwrap();
         for shown in [format!("{endpoint}"), format!("{endpoint:?}")] {
             assert!(!shown.contains("dGhpcyBpcyBzZWNyZXQ"), "{shown}");
             assert!(shown.contains("https://fcm.googleapis.com/…#"), "{shown}");
         }
-        let other = Endpoint::parse("https://fcm.googleapis.com/fcm/send/other", EndpointPolicy::default());
+        let other = Endpoint::parse("https://fcm.googleapis.com/fcm/send/other", &EndpointPolicy::default());
         assert_ne!(endpoint.redacted(), other.unwrap().redacted());
     }
 }

@@ -241,6 +241,8 @@ hand_off = "{hand_off}"
 concurrent_batches = {batches}
 max_in_flight_per_origin = {in_flight}
 extra_root_certs = ["{ca}"]
+[egress]
+allowed_networks = ["127.0.0.0/8", "::1/128"]
 "#,
                 shards = settings.shards,
                 brokers = broker.bootstrap_servers(),

@@ -89,7 +89,7 @@ pub(crate) fn subscription(tenant: &TenantId, n: u32, topics: &[&str]) -> Subscr
         let token = format!("d{n:021}:APA91b{n:010}");
         format!("https://fcm.googleapis.com/fcm/send/{token}{}", "x".repeat(180 - 36 - token.len()))
     };
-    let push = PushSubscription::new(&endpoint, UA_PUBLIC, AUTH, EndpointPolicy::default()).unwrap();
+    let push = PushSubscription::new(&endpoint, UA_PUBLIC, AUTH, &EndpointPolicy::default()).unwrap();
     Subscription::new(
         tenant.clone(),
         push,
