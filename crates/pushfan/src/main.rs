@@ -192,7 +192,8 @@ async fn serve(config_file: Option<PathBuf>, roles: Roles) -> anyhow::Result<()>
 async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     let json = if args.json == "-" { std::io::read_to_string(std::io::stdin())? } else { args.json };
     // Parse locally first: a bad subscription is reported field by field before any call.
-    let parsed = pushfan_webpush::PushSubscription::parse(&json, &pushfan_webpush::EndpointPolicy::default())?;
+    // Only the shape here: which hosts are allowed is the server's policy ([egress]).
+    let parsed = pushfan_webpush::PushSubscription::parse(&json, pushfan_webpush::EndpointPolicy::stored())?;
     let mut clients = client::Clients::connect_with(&args.api.url, &args.api.api_key, &args.api.tls).await?;
     let response = clients
         .subscriptions

@@ -33,7 +33,9 @@ pub use failure::FailureClass;
 pub use message::{
     encrypt, AesgcmParams, ContentEncoding, DecryptError, EncryptError, EncryptedPush, Padding, UserAgentKeys,
 };
-pub use rfc8030::{build_request, classify, ttl_header, PushOptions, PushOutcome, RequestError, Topic, Urgency};
+pub use rfc8030::{
+    build_request, classify, ttl_header, PushOptions, PushOutcome, RequestError, Topic, Urgency,
+};
 pub use subscription::{
     Endpoint, EndpointPolicy, PushSubscription, SubscriptionError, SubscriptionKeys, MAX_ENDPOINT_LEN,
 };
