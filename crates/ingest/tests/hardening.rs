@@ -339,6 +339,65 @@ async fn a_request_stream_that_stalls_is_ended() {
     server.stop().await;
 }
 
+/// INVALID_ARGUMENT naming `field`, in the message and in a `google.rpc.BadRequest` detail.
+fn assert_names(status: &Status, field: &str, what: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    assert!(status.message().starts_with(&format!("{field}: ")), "{what}: {}", status.message());
+    let details = status.get_error_details();
+    let violations = &details.bad_request().expect("a BadRequest detail").field_violations;
+    assert_eq!(violations.len(), 1, "{what}");
+    assert_eq!(violations[0].field, field, "{what}");
+}
+
+/// Endpoints that could not be sent to, or must not be: each refused as it comes in.
+fn refused_endpoints() -> Vec<(&'static str, String)> {
+    vec![
+        ("70,000 characters", format!("https://push.example/{}", "a".repeat(70_000))),
+        ("a host no HTTP request can carry", "https://a{b.example.com/x".into()),
+        ("a private address", "https://10.0.0.5/x".into()),
+        ("the cloud metadata address", "https://169.254.169.254/latest/meta-data".into()),
+        ("loopback by name", "https://localhost/x".into()),
+        ("IPv6 loopback", "https://[::1]/x".into()),
+        ("IPv4-mapped loopback", "https://[::ffff:127.0.0.1]/x".into()),
+        ("loopback as one number", "https://2130706433/x".into()),
+        ("loopback in hex", "https://0x7f000001/x".into()),
+        ("the unspecified address", "https://0.0.0.0/x".into()),
+    ]
+}
+
+#[tokio::test]
+async fn endpoints_that_cannot_or_must_not_be_sent_to_are_refused_naming_the_field() {
+    let server = Server::start(ServeOptions::default()).await;
+    let mut client = SubscriptionServiceClient::new(server.channel().await);
+    for (what, endpoint) in refused_endpoints() {
+        let status = client.subscribe(authed(ACME_KEY, subscribe_request(endpoint))).await.expect_err(what);
+        assert_names(&status, "endpoint", what);
+        assert!(status.message().len() < 1000, "{what}: the endpoint is not echoed whole");
+    }
+    // A bulk import reports each by its index and writes the good ones around them.
+    let mut items: Vec<_> = refused_endpoints().into_iter().map(|(_, e)| subscribe_request(e)).collect();
+    items.insert(3, subscribe_request("https://push.example/good".into()));
+    let response = client
+        .bulk_import(authed(ACME_KEY, futures::stream::iter([v1::BulkImportRequest { items }])))
+        .await
+        .expect("imported")
+        .into_inner();
+    assert_eq!((response.imported, response.failed), (1, refused_endpoints().len() as u64));
+    let indices: Vec<u64> = response.errors.iter().map(|e| e.index).collect();
+    let expected: Vec<u64> = (0..=refused_endpoints().len() as u64).filter(|i| *i != 3).collect();
+    assert_eq!(indices, expected);
+    assert!(response.errors.iter().all(|e| e.field == "endpoint"), "{:?}", response.errors);
+    // Nothing refused was written: the tenant has the one good subscription.
+    let list = client
+        .list_subscriptions(authed(ACME_KEY, v1::ListSubscriptionsRequest::default()))
+        .await
+        .expect("listed")
+        .into_inner();
+    let endpoints: Vec<_> = list.subscriptions.iter().map(|s| s.endpoint.as_str()).collect();
+    assert_eq!(endpoints, ["https://push.example/good"]);
+    server.stop().await;
+}
+
 /// Reads whatever the server sends until it closes the connection.
 async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     let mut received = Vec::new();
