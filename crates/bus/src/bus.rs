@@ -24,7 +24,7 @@ use metrics::counter;
 use tracing::warn;
 
 use crate::embedded::EmbeddedAck;
-use crate::envelope::{self, BusMessage, DecodeError, Position, Record};
+use crate::envelope::{self, BusMessage, DecodeError, Position, Record, Source};
 use crate::error::BusError;
 use crate::kafka::KafkaAck;
 use crate::topic::Topic;
@@ -115,6 +115,27 @@ pub struct Received<M> {
     pub position: Option<Position>,
     /// Acknowledge once its work is durably handed on.
     pub ack: Ack,
+    /// Where it came from, to dead-letter it with [`dead_letter`] if its work cannot succeed.
+    pub source: Source,
+}
+
+/// Sends a dead letter for a record from `source` whose work cannot succeed (its handler
+/// panicked, or found it invalid): `payload` as in [`envelope::letter`]. Counted in
+/// `pushfan_bus_dead_lettered_total{topic, reason}` with `label` as the reason. The caller acks
+/// the record once this returns; an error means nothing was sent.
+pub async fn dead_letter<B: Bus>(
+    bus: &B,
+    source: &Source,
+    payload: bytes::Bytes,
+    reason: &str,
+    label: &'static str,
+) -> Result<(), BusError> {
+    if source.topic != Topic::DeadLetters {
+        bus.send(Topic::DeadLetters, envelope::letter(source, payload, reason, now_ms())).await?;
+    }
+    counter!("pushfan_bus_dead_lettered_total", "topic" => source.topic.name(), "reason" => label)
+        .increment(1);
+    Ok(())
 }
 
 /// Receives typed messages of one topic, dead-lettering records it cannot read.
@@ -138,12 +159,16 @@ impl<B: Bus, M: BusMessage> Consumer<B, M> {
             match envelope::decode::<M>(&incoming.record) {
                 Ok(decoded) => {
                     counter!("pushfan_bus_consumed_total", "topic" => M::TOPIC.name()).increment(1);
+                    let Incoming { record, position, ack } = incoming;
+                    let source =
+                        Source { topic: M::TOPIC, position, key: record.key, headers: record.headers };
                     return Ok(Received {
                         message: decoded.message,
                         context: decoded.context,
                         idempotency_key: decoded.idempotency_key,
-                        position: incoming.position,
-                        ack: incoming.ack,
+                        position,
+                        ack,
+                        source,
                     });
                 }
                 Err(reason) => Self::dead_letter(&self.bus, incoming, &reason).await?,

@@ -9,17 +9,22 @@
 //!   would.
 //! - Groups: members of one group share its queue; each group gets its own copy of each record.
 //!   Records sent before any group joined a topic are kept for the first group that joins.
-//! - Acks: an [`Ack`] dropped without acking puts its record back at the front of the group's
-//!   queue, so work a crashed handler task held is done by another member. Durability ends with
-//!   the process, which is what standalone mode accepts.
+//! - Acks: an [`Ack`] dropped without acking puts its record back in the group's queue, so work a
+//!   crashed handler task held is done by another member. It comes back after a delay that
+//!   doubles with each redelivery of that record ([`redelivery_delay`]: 100 ms, 200 ms, ...,
+//!   at most 30 s), ahead of new records once due: a record whose handler keeps dying is
+//!   retried slowly instead of in a tight loop, and the rest of the queue goes on meanwhile.
+//!   Durability ends with the process: what standalone loses with it, the ledger's record of
+//!   each running broadcast brings back on restart (`pushfan_pipeline::resume`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use metrics::counter;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::bus::{Ack, AckInner, Bus, Incoming, Subscription};
 use crate::envelope::{self, BusMessage, Record};
@@ -82,9 +87,25 @@ struct GroupQueue {
     /// Room left in the queue, in KiB of payload.
     room_kib: Arc<Semaphore>,
     capacity_kib: u32,
-    /// Records whose ack was dropped; served before new records.
-    redeliveries: Mutex<VecDeque<Queued>>,
+    /// Records whose ack was dropped, by when they are due again (ties in drop order); served
+    /// before new records once due.
+    redeliveries: Mutex<Redeliveries>,
     redelivery_added: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Redeliveries {
+    due: BTreeMap<(Instant, u64), Queued>,
+    dropped: u64,
+}
+
+/// How long a record whose ack was dropped for the `redelivery`-th time (1 for the first) waits
+/// before it is delivered again: 100 ms, doubling, at most 30 s.
+pub fn redelivery_delay(redelivery: u32) -> Duration {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(30);
+    let doublings = redelivery.saturating_sub(1).min(16);
+    FIRST.saturating_mul(1 << doublings).min(MAX)
 }
 
 /// A record with the room it takes in its group's queue, given back only when it is acked: an
@@ -94,6 +115,8 @@ struct GroupQueue {
 struct Queued {
     record: Record,
     _room: OwnedSemaphorePermit,
+    /// How often this record's ack was dropped so far.
+    redeliveries: u32,
 }
 
 impl GroupQueue {
@@ -106,7 +129,7 @@ impl GroupQueue {
             receiver: tokio::sync::Mutex::new(receiver),
             room_kib: Arc::new(Semaphore::new(capacity_kib as usize)),
             capacity_kib,
-            redeliveries: Mutex::new(VecDeque::new()),
+            redeliveries: Mutex::new(Redeliveries::default()),
             redelivery_added: Notify::new(),
         })
     }
@@ -116,15 +139,30 @@ impl GroupQueue {
         // A record larger than the whole queue waits for an empty queue rather than forever.
         let kib = u32::try_from(record.size().div_ceil(1024)).unwrap_or(u32::MAX).min(self.capacity_kib);
         let room = Arc::clone(&self.room_kib).acquire_many_owned(kib).await.map_err(drop)?;
-        self.sender.send(Queued { record, _room: room }).await.map_err(drop)
+        self.sender.send(Queued { record, _room: room, redeliveries: 0 }).await.map_err(drop)
     }
 
-    fn pop_redelivery(&self) -> Option<Queued> {
-        self.redeliveries.lock().unwrap_or_else(PoisonError::into_inner).pop_front()
+    /// A redelivery that is due, or when the next one will be.
+    fn pop_redelivery(&self) -> Result<Queued, Option<Instant>> {
+        let mut redeliveries = self.redeliveries.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        match redeliveries.due.first_key_value() {
+            Some((&(at, _), _)) if at <= now => {
+                redeliveries.due.pop_first().map(|(_, queued)| queued).ok_or(None)
+            }
+            Some((&(at, _), _)) => Err(Some(at)),
+            None => Err(None),
+        }
     }
 
-    fn redeliver(&self, queued: Queued) {
-        self.redeliveries.lock().unwrap_or_else(PoisonError::into_inner).push_back(queued);
+    fn redeliver(&self, mut queued: Queued) {
+        queued.redeliveries = queued.redeliveries.saturating_add(1);
+        let at = Instant::now() + redelivery_delay(queued.redeliveries);
+        let mut redeliveries = self.redeliveries.lock().unwrap_or_else(PoisonError::into_inner);
+        redeliveries.dropped += 1;
+        let seq = redeliveries.dropped;
+        redeliveries.due.insert((at, seq), queued);
+        drop(redeliveries);
         counter!("pushfan_bus_redelivered_total", "topic" => self.topic.name()).increment(1);
         // `notify_one` stores a permit when nobody waits, so a receiver never misses it.
         self.redelivery_added.notify_one();
@@ -223,17 +261,26 @@ impl EmbeddedSubscription {
 impl Subscription for EmbeddedSubscription {
     async fn recv(&mut self) -> Result<Incoming, BusError> {
         loop {
-            if let Some(queued) = self.queue.pop_redelivery() {
-                return Ok(self.incoming(queued));
-            }
+            let next_due = match self.queue.pop_redelivery() {
+                Ok(queued) => return Ok(self.incoming(queued)),
+                Err(next_due) => next_due,
+            };
             // Members of a group take turns on the shared receiver.
             let mut receiver = self.queue.receiver.lock().await;
+            let due = async {
+                match next_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                biased;
+                () = due => continue,
+                () = self.queue.redelivery_added.notified() => continue,
                 received = receiver.recv() => match received {
                     Some(queued) => return Ok(self.incoming(queued)),
                     None => return Err(BusError::ConsumerStopped { topic: self.queue.topic }),
                 },
-                () = self.queue.redelivery_added.notified() => continue,
             }
         }
     }

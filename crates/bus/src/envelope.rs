@@ -342,29 +342,67 @@ pub fn dead_letter(
     reason: &DecodeError,
     now_ms: i64,
 ) -> Record {
-    let reason_text = reason.to_string();
+    let from = Source { topic: source, position, key: record.key.clone(), headers: record.headers.clone() };
+    letter(&from, record.payload.clone(), &reason.to_string(), now_ms)
+}
+
+/// Where a received record came from, kept beside its decoded message so that a consumer can
+/// still dead-letter it once its handler has given up on it (see [`letter`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    /// The topic it was read from.
+    pub topic: Topic,
+    /// Where it sat (Kafka only).
+    pub position: Option<Position>,
+    /// Its key.
+    pub key: Bytes,
+    /// Its headers.
+    pub headers: Headers,
+}
+
+/// A dead letter for a record from `source`: `payload` is the record's payload when the caller
+/// still has it (or can encode the message again), else empty, and `reason` says why it was
+/// given up. The reason goes both into the envelope and into the `pushfan-dead-letter-reason`
+/// header, cut to [`MAX_REASON_BYTES`].
+pub fn letter(source: &Source, payload: Bytes, reason: &str, now_ms: i64) -> Record {
+    let reason_text = truncate(reason, MAX_REASON_BYTES).to_owned();
     let letter = DeadLetter {
-        source_topic: source.name().to_owned(),
-        source_partition: position.map_or(-1, |p| p.partition),
-        source_offset: position.map_or(-1, |p| p.offset),
+        source_topic: source.topic.name().to_owned(),
+        source_partition: source.position.map_or(-1, |p| p.partition),
+        source_offset: source.position.map_or(-1, |p| p.offset),
         reason: reason_text.clone(),
-        key: record.key.clone(),
-        payload: record.payload.clone(),
-        schema: record.headers.schema.clone().unwrap_or_default(),
+        key: source.key.clone(),
+        payload,
+        schema: source.headers.schema.clone().unwrap_or_default(),
         dead_lettered_at_ms: now_ms,
     };
     Record {
-        key: record.key.clone(),
+        key: source.key.clone(),
         payload: Bytes::from(letter.encode_to_vec()),
         headers: Headers {
             schema: Some(DeadLetter::SCHEMA.to_owned()),
             idempotency_key: Some(letter.idempotency_key()),
-            traceparent: record.headers.traceparent.clone(),
+            traceparent: source.headers.traceparent.clone(),
             dead_letter_reason: Some(reason_text),
         },
         spread: None,
         in_process: None,
     }
+}
+
+/// The longest dead-letter reason kept: a panic message or a push service's text can be
+/// anything, and the reason travels in a record header.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 #[cfg(test)]

@@ -22,9 +22,9 @@ mod offsets;
 pub mod topic;
 pub mod trace_context;
 
-pub use bus::{Ack, Bus, Consumer, Incoming, Received, Subscription};
+pub use bus::{dead_letter, Ack, Bus, Consumer, Incoming, Received, Subscription};
 pub use embedded::{EmbeddedBus, EmbeddedConfig};
-pub use envelope::{BusMessage, Headers, Position, Record};
+pub use envelope::{BusMessage, Headers, Position, Record, Source};
 pub use error::BusError;
 pub use kafka::{KafkaBus, KafkaConfig};
 /// The protobuf messages the bus carries.

@@ -110,13 +110,58 @@ async fn a_dropped_ack_redelivers_and_an_acked_record_does_not_come_back() {
     let first = consumer.next().await.expect("first");
     assert_eq!(first.message, job(0));
     drop(first.ack);
-    let again = timeout(WAIT, consumer.next()).await.expect("in time").expect("redelivered");
-    assert_eq!(again.message, job(0), "the dropped record comes back first");
-    again.ack.ack();
+    // The dropped record waits out its redelivery delay; the queue goes on meanwhile.
     let second = timeout(WAIT, consumer.next()).await.expect("in time").expect("second");
     assert_eq!(second.message, job(1));
     second.ack.ack();
-    assert!(timeout(Duration::from_millis(100), consumer.next()).await.is_err(), "nothing else is pending");
+    let again = timeout(WAIT, consumer.next()).await.expect("in time").expect("redelivered");
+    assert_eq!(again.message, job(0), "the dropped record comes back");
+    again.ack.ack();
+    assert!(timeout(Duration::from_millis(300), consumer.next()).await.is_err(), "nothing else is pending");
+}
+
+/// A record whose handler keeps dying comes back after a delay that doubles each time, up to a
+/// cap, never in a tight loop; a record sent meanwhile is not held up by it.
+#[tokio::test(start_paused = true)]
+async fn a_record_dropped_again_and_again_comes_back_with_growing_delays() {
+    let bus = bus(8);
+    let mut consumer = bus.consume::<ShardJob>("workers").expect("join");
+    bus.publish(&job(0), &MessageContext::default()).await.expect("send");
+    let mut delays = Vec::new();
+    let mut received = consumer.next().await.expect("first");
+    for round in 0..10 {
+        let dropped_at = tokio::time::Instant::now();
+        drop(received.ack);
+        if round == 0 {
+            bus.publish(&job(1), &MessageContext::default()).await.expect("send");
+            let other = consumer.next().await.expect("the new record");
+            assert_eq!(other.message, job(1), "a new record goes ahead of a redelivery not yet due");
+            assert_eq!(tokio::time::Instant::now(), dropped_at, "at once");
+            other.ack.ack();
+        }
+        received = consumer.next().await.expect("redelivered");
+        assert_eq!(received.message, job(0));
+        delays.push(dropped_at.elapsed());
+    }
+    received.ack.ack();
+    let ms = |ms| Duration::from_millis(ms);
+    assert_eq!(
+        delays,
+        [
+            ms(100),
+            ms(200),
+            ms(400),
+            ms(800),
+            ms(1600),
+            ms(3200),
+            ms(6400),
+            ms(12_800),
+            ms(25_600),
+            ms(30_000)
+        ]
+    );
+    assert_eq!(pushfan_bus::embedded::redelivery_delay(u32::MAX), ms(30_000));
+    assert!(timeout(Duration::from_secs(60), consumer.next()).await.is_err(), "an acked record stays gone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
