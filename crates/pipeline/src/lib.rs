@@ -19,7 +19,10 @@ pub mod stats;
 pub mod worker;
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+
+use futures::FutureExt;
 
 use pushfan_bus::Bus;
 use pushfan_gateway::Gateway;
@@ -246,6 +249,10 @@ where
     .await
 }
 
+/// A message whose handler panics or finds it invalid is given up: counted in
+/// `pushfan_pipeline_poison_total{group, reason}` (`panic`, `invalid`), sent to the dead-letter
+/// topic with the reason, and acked, so it never comes back in a loop.
+///
 /// Like [`consume`], but the handler owns the message and retries its own transient failures,
 /// so nothing else keeps the message alive while the handler runs: a handler can let go of a
 /// large message (a delivery batch's page) before it is done with its work.
@@ -273,19 +280,44 @@ where
             while running.try_join_next().is_some() {}
             let handler = handler.clone();
             let slot = Slot::new(Arc::clone(&places), place);
+            let bus = bus.clone();
             running.spawn(async move {
-                let pushfan_bus::Received { message, context, ack, .. } = received;
-                if let Err(error) = handler(message, context, slot.clone()).await {
-                    tracing::error!(group, %error, "skipping an invalid message");
-                    metrics::counter!("pushfan_pipeline_invalid_messages_total", "group" => group)
-                        .increment(1);
+                let pushfan_bus::Received { message, context, ack, source, .. } = received;
+                // A panic is caught here rather than left to kill the task: a task that dies
+                // drops its ack, and the message would come back to panic again and again.
+                let handled = AssertUnwindSafe(handler(message, context, slot.clone())).catch_unwind().await;
+                let (reason, label) = match handled {
+                    Ok(Ok(())) => {
+                        ack.ack();
+                        return;
+                    }
+                    Ok(Err(error)) => (error.to_string(), "invalid"),
+                    Err(panic) => (format!("handler panicked: {}", panic_message(&*panic)), "panic"),
+                };
+                tracing::error!(group, %reason, "giving up on a message: dead-lettered and acked");
+                metrics::counter!("pushfan_pipeline_poison_total", "group" => group, "reason" => label)
+                    .increment(1);
+                // The handler may have consumed the message, so the letter carries its topic,
+                // key, headers and position, not its payload.
+                match pushfan_bus::dead_letter(&bus, &source, bytes::Bytes::new(), &reason, label).await {
+                    Ok(()) => ack.ack(),
+                    // Unacked, the message comes back later (with backoff on the embedded bus).
+                    Err(error) => tracing::error!(group, %error, "could not dead-letter a message"),
                 }
-                ack.ack();
                 drop(slot);
             });
         }
     })
     .await
+}
+
+/// The text of a caught panic's payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Runs `step` until it succeeds or finds its message invalid. A transient failure (store,
@@ -361,4 +393,52 @@ pub async fn run_roles<B: Bus>(
         }
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use pushfan_bus::messages::{DeadLetter, ShardJob};
+    use pushfan_bus::{EmbeddedBus, EmbeddedConfig, MessageContext, Topic};
+
+    use super::*;
+
+    /// A handler that panics on one message: the panic is caught, that message is dead-lettered
+    /// and acked (handled once, never redelivered in a loop), and the others are handled.
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_handler_dead_letters_its_message_once_and_the_loop_goes_on() {
+        let bus = EmbeddedBus::new(EmbeddedConfig::default());
+        let mut letters = bus.consume::<DeadLetter>("reader").unwrap();
+        for shard_index in 0..3 {
+            let job = ShardJob { broadcast_id: "b".into(), shard_index, ..ShardJob::default() };
+            bus.publish(&job, &MessageContext::default()).await.unwrap();
+        }
+        let calls: Arc<[AtomicU32; 3]> = Arc::new(Default::default());
+        let (shutdown, seen) = (CancellationToken::new(), Arc::clone(&calls));
+        let running = tokio::spawn({
+            let (bus, shutdown) = (bus.clone(), shutdown.clone());
+            async move {
+                consume_owned::<_, ShardJob, _, _>(&bus, "test", 2, &shutdown, move |job, _, _| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        seen[job.shard_index as usize].fetch_add(1, Ordering::SeqCst);
+                        assert_ne!(job.shard_index, 1, "a handler bug");
+                        Ok(())
+                    }
+                })
+                .await
+            }
+        });
+        let letter = letters.next().await.unwrap();
+        assert_eq!(letter.message.source_topic, Topic::ShardJobs.name());
+        assert_eq!(&letter.message.key[..], b"b/1");
+        assert!(letter.message.reason.contains("a handler bug"), "{}", letter.message.reason);
+        // Long past any redelivery delay: nothing comes back.
+        tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+        let calls: Vec<u32> = calls.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+        assert_eq!(calls, [1, 1, 1], "each message handled once, the panicking one included");
+    }
 }
