@@ -7,7 +7,7 @@ use pushfan_webpush::{EndpointPolicy, PushSubscription};
 
 fuzz_target!(|json: &str| {
     for policy in [EndpointPolicy::default(), EndpointPolicy::allow_http_loopback()] {
-        if let Ok(subscription) = PushSubscription::parse(json, policy) {
+        if let Ok(subscription) = PushSubscription::parse(json, &policy) {
             let _ = format!("{subscription:?} {}", subscription.endpoint);
         }
     }
