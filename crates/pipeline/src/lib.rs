@@ -180,7 +180,14 @@ impl From<pushfan_store::StoreError> for HandleError {
 
 impl From<pushfan_bus::BusError> for HandleError {
     fn from(error: pushfan_bus::BusError) -> Self {
-        HandleError::Transient(error.into())
+        match error {
+            // The same record is as large on every retry: only giving up on the message that
+            // produced it (dead-lettered, like any poison) lets the loop go on.
+            pushfan_bus::BusError::TooLarge { .. } => {
+                HandleError::Invalid(plan::PlanError::Invalid { field: "record", reason: error.to_string() })
+            }
+            error => HandleError::Transient(error.into()),
+        }
     }
 }
 
@@ -440,5 +447,41 @@ mod tests {
         running.await.unwrap().unwrap();
         let calls: Vec<u32> = calls.iter().map(|c| c.load(Ordering::SeqCst)).collect();
         assert_eq!(calls, [1, 1, 1], "each message handled once, the panicking one included");
+    }
+
+    /// A handler whose output is over the bus's record limit gets the same refusal on every
+    /// retry: its message is dead-lettered once instead of being retried for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_record_too_large_to_publish_is_dead_lettered_not_retried() {
+        let bus = EmbeddedBus::new(EmbeddedConfig::default());
+        let mut letters = bus.consume::<DeadLetter>("reader").unwrap();
+        let job = ShardJob { broadcast_id: "b".into(), shard_index: 7, ..ShardJob::default() };
+        bus.publish(&job, &MessageContext::default()).await.unwrap();
+        let calls = Arc::new(AtomicU32::new(0));
+        let (shutdown, seen) = (CancellationToken::new(), Arc::clone(&calls));
+        let running = tokio::spawn({
+            let (bus, shutdown) = (bus.clone(), shutdown.clone());
+            async move {
+                consume::<_, ShardJob, _, _>(&bus, "test", 1, &shutdown, move |_, _, _| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        Err(pushfan_bus::BusError::TooLarge { topic: Topic::Deliveries, bytes: 5 << 20 }
+                            .into())
+                    }
+                })
+                .await
+            }
+        });
+        // Virtual time: a retrying loop would back off for ever and never dead-letter.
+        let letter = tokio::time::timeout(std::time::Duration::from_secs(600), letters.next())
+            .await
+            .expect("the message is dead-lettered")
+            .unwrap();
+        assert_eq!(&letter.message.key[..], b"b/7");
+        assert!(letter.message.reason.contains("size limit"), "{}", letter.message.reason);
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "handled once, not retried");
     }
 }
