@@ -614,7 +614,7 @@ impl SubscriptionStore for EmbeddedStore {
         let after = match cursor.0 {
             CursorPosition::Start => None,
             CursorPosition::After(id) => Some(id),
-            CursorPosition::Redis(_) => {
+            CursorPosition::Redis(_) | CursorPosition::RedisAt { .. } => {
                 return observe(BACKEND, "scan_shard", Err(StoreError::InvalidCursor))
             }
         };

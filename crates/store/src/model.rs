@@ -345,8 +345,13 @@ pub(crate) enum CursorPosition {
     /// The beginning of the shard.
     #[default]
     Start,
-    /// A Redis `HSCAN`/`SSCAN` cursor.
+    /// A Redis `HSCAN`/`SSCAN` cursor without the server that issued it, as written before
+    /// cursors carried it. Trusted as it is: it resumes where it says.
     Redis(u64),
+    /// A Redis `HSCAN`/`SSCAN` cursor and the `run_id` of the server process that issued it.
+    /// The cursor means something only to that process: a restarted Redis (or another cluster
+    /// node) iterates the hash in another order, so the scan starts the shard again instead.
+    RedisAt { cursor: u64, run: RedisRunId },
     /// The embedded store continues after this id (ids are scanned in order).
     After(SubscriptionId),
 }
@@ -361,6 +366,7 @@ impl ScanCursor {
             CursorPosition::Start => vec![0],
             CursorPosition::Redis(cursor) => [&[1][..], &cursor.to_be_bytes()].concat(),
             CursorPosition::After(id) => [&[2][..], id.as_bytes()].concat(),
+            CursorPosition::RedisAt { cursor, run } => [&[3][..], &cursor.to_be_bytes(), &run.0].concat(),
         }
     }
 
@@ -374,9 +380,39 @@ impl ScanCursor {
             [2, rest @ ..] => CursorPosition::After(SubscriptionId::from_bytes(
                 rest.try_into().map_err(|_| StoreError::InvalidCursor)?,
             )),
+            [3, rest @ ..] if rest.len() == 8 + RedisRunId::LEN => {
+                let (cursor, run) = rest.split_at(8);
+                CursorPosition::RedisAt {
+                    cursor: u64::from_be_bytes(cursor.try_into().map_err(|_| StoreError::InvalidCursor)?),
+                    run: RedisRunId(run.try_into().map_err(|_| StoreError::InvalidCursor)?),
+                }
+            }
             _ => return Err(StoreError::InvalidCursor),
         };
         Ok(Self(position))
+    }
+}
+
+/// A Redis server process's `run_id` (40 hex digits in `INFO server`), as its 20 bytes. A new
+/// one is drawn at every start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct RedisRunId(pub(crate) [u8; RedisRunId::LEN]);
+
+impl RedisRunId {
+    pub(crate) const LEN: usize = 20;
+
+    /// Reads the 40 hex digits of a `run_id`.
+    pub(crate) fn parse_hex(hex: &str) -> Option<Self> {
+        let hex = hex.as_bytes();
+        if hex.len() != 2 * Self::LEN {
+            return None;
+        }
+        let mut bytes = [0; Self::LEN];
+        for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+            let digit = |c: u8| (c as char).to_digit(16);
+            *byte = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+        }
+        Some(Self(bytes))
     }
 }
 
@@ -441,13 +477,25 @@ mod tests {
     #[test]
     fn cursors_round_trip_through_bytes() {
         let id = SubscriptionId::from_bytes([7; SubscriptionId::LEN]);
-        for cursor in
-            [ScanCursor::START, ScanCursor(CursorPosition::Redis(42)), ScanCursor(CursorPosition::After(id))]
-        {
+        let run = RedisRunId::parse_hex("0123456789abcdef0123456789ABCDEF01234567").unwrap();
+        for cursor in [
+            ScanCursor::START,
+            ScanCursor(CursorPosition::Redis(42)),
+            ScanCursor(CursorPosition::After(id)),
+            ScanCursor(CursorPosition::RedisAt { cursor: 42, run }),
+        ] {
             assert_eq!(ScanCursor::from_bytes(&cursor.to_bytes()).unwrap(), cursor);
         }
-        for bad in [&[][..], &[1, 2, 3], &[9]] {
+        for bad in [&[][..], &[1, 2, 3], &[9], &[3; 28], &[3; 30]] {
             assert!(matches!(ScanCursor::from_bytes(bad), Err(StoreError::InvalidCursor)));
+        }
+        for bad in [
+            "",
+            "0123",
+            "0123456789abcdef0123456789abcdef0123456g",
+            "+123456789abcdef0123456789abcdef01234567",
+        ] {
+            assert_eq!(RedisRunId::parse_hex(bad), None, "{bad}");
         }
     }
 

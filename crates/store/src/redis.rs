@@ -22,6 +22,7 @@
 //! to a subscription outside the audience.
 
 use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -34,8 +35,8 @@ use tracing::instrument;
 
 use crate::error::StoreError;
 use crate::model::{
-    Audience, CursorPosition, DeliveryOutcome, DeliveryResult, ScanCursor, ScanPage, ScanStamp, Subscription,
-    SubscriptionId, TenantId, Topic, UnixSeconds,
+    Audience, CursorPosition, DeliveryOutcome, DeliveryResult, RedisRunId, ScanCursor, ScanPage, ScanStamp,
+    Subscription, SubscriptionId, TenantId, Topic, UnixSeconds,
 };
 use crate::shard::{ShardCount, ShardId};
 use crate::telemetry::{self, count, observe};
@@ -493,36 +494,64 @@ impl RedisStore {
         tenant: &TenantId,
         audience: &Audience,
         shard: ShardId,
-        cursor: u64,
+        cursor: ScanCursor,
         page_size: usize,
     ) -> Result<ScanPage, StoreError> {
+        let (mut cursor, mut issuer) = match cursor.0 {
+            CursorPosition::Start => (0, None),
+            CursorPosition::Redis(cursor) => (cursor, None),
+            CursorPosition::RedisAt { cursor, run } => (cursor, Some(run)),
+            CursorPosition::After(_) => return Err(StoreError::InvalidCursor),
+        };
         let page_size = page_size.max(1);
+        let (scan_key, scan_command) = match audience {
+            Audience::Everyone => (keys::subscriptions(tenant, shard), "HSCAN"),
+            Audience::Topic(topic) => (keys::topic_members(tenant, shard, topic), "SSCAN"),
+        };
+        // The page comes with the name of the connection that read it, in the same pipeline (so
+        // from the same server process): the name carries that server's run_id (see
+        // `name_connection`). A connection without it is new (a reconnect, a new cluster node)
+        // and is named, then the page read again.
+        let mut attempts = 0;
+        let (run, next, flat) = loop {
+            attempts += 1;
+            let mut pipe = redis::pipe();
+            pipe.cmd("CLIENT").arg("GETNAME");
+            pipe.cmd(scan_command).arg(&scan_key).arg(cursor).arg("COUNT").arg(page_size);
+            let (name, (next, flat)): (Option<Vec<u8>>, ScanReply) =
+                pipe.query_async(&mut self.connection()).await?;
+            let Some(run) = name.as_deref().and_then(run_of_name) else {
+                if attempts >= SCAN_ATTEMPTS {
+                    return Err(StoreError::UnexpectedReply(
+                        "a scan kept landing on connections that were not yet named".into(),
+                    ));
+                }
+                self.name_connection(&scan_key).await?;
+                continue;
+            };
+            if issuer.is_some_and(|issuer| issuer != run) && cursor != 0 {
+                // Another server process issued the cursor: its iteration order is not this
+                // one's, and resuming would skip fields. Every subscription of the shard is
+                // returned again; the repeats are bounded by the shard.
+                tracing::warn!(%tenant, %shard, "redis restarted or moved during a shard scan: the shard is scanned again from its start");
+                count(telemetry::SCAN_RESTARTS, BACKEND, 1);
+                cursor = 0;
+                issuer = None;
+                attempts = 0;
+                continue;
+            }
+            break (run, next, flat);
+        };
         let mut subscriptions = Vec::with_capacity(page_size);
-        let next = match audience {
+        match audience {
             Audience::Everyone => {
-                let (next, flat): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
-                    .arg(keys::subscriptions(tenant, shard))
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(page_size)
-                    .query_async(&mut self.connection())
-                    .await?;
                 for pair in flat.chunks_exact(2) {
                     let id = parse_id(&pair[0])?;
                     subscriptions.push(decode(tenant, id, &pair[1])?);
                 }
-                next
             }
-            Audience::Topic(topic) => {
-                let members_key = keys::topic_members(tenant, shard, topic);
-                let (next, members): (u64, Vec<Vec<u8>>) = redis::cmd("SSCAN")
-                    .arg(&members_key)
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(page_size)
-                    .query_async(&mut self.connection())
-                    .await?;
-                let ids = members.iter().map(|id| parse_id(id)).collect::<Result<Vec<_>, _>>()?;
+            Audience::Topic(_) => {
+                let ids = flat.iter().map(|id| parse_id(id)).collect::<Result<Vec<_>, _>>()?;
                 let mut stale = Vec::new();
                 if !ids.is_empty() {
                     for (id, record) in ids.iter().zip(self.read_records(tenant, shard, &ids).await?) {
@@ -537,17 +566,71 @@ impl RedisStore {
                 if !stale.is_empty() {
                     // Left behind by a race between writers; the record is authoritative.
                     redis::cmd("SREM")
-                        .arg(&members_key)
+                        .arg(&scan_key)
                         .arg(id_args(&stale))
                         .query_async::<()>(&mut self.connection())
                         .await?;
                 }
-                next
             }
-        };
-        let next = (next != 0).then_some(ScanCursor(CursorPosition::Redis(next)));
+        }
+        let next = (next != 0).then_some(ScanCursor(CursorPosition::RedisAt { cursor: next, run }));
         Ok(ScanPage { subscriptions, next, stamp: None })
     }
+
+    /// Names the connection that serves `key` after the run_id of the server process at its
+    /// other end, so that later pages learn it from `CLIENT GETNAME` alone. The name is set in
+    /// the same pipeline as an `INFO` that confirms the run_id, so a connection that changed
+    /// between reading the run_id and naming is caught and named again. A connection's name
+    /// ends with the connection, which ends with the server process.
+    async fn name_connection(&self, key: &str) -> Result<(), StoreError> {
+        let mut named = None;
+        for _ in 0..SCAN_ATTEMPTS {
+            let mut pipe = redis::pipe();
+            if let Some(run) = named {
+                pipe.cmd("CLIENT").arg("SETNAME").arg(connection_name(run)).ignore();
+            }
+            pipe.cmd("INFO").arg("server");
+            // Routes the pipeline to the cluster node that serves the key.
+            pipe.cmd("EXISTS").arg(key).ignore();
+            let (info,): (String,) = pipe.query_async(&mut self.connection()).await?;
+            let run = run_id_of(&info)
+                .ok_or_else(|| StoreError::UnexpectedReply("INFO server without a run_id".into()))?;
+            if named == Some(run) {
+                return Ok(());
+            }
+            named = Some(run);
+        }
+        Err(StoreError::UnexpectedReply("the redis connection kept changing while it was named".into()))
+    }
+}
+
+/// `HSCAN`/`SSCAN`'s reply: the next cursor and the flat list of what it found.
+type ScanReply = (u64, Vec<Vec<u8>>);
+
+/// How often a scan page is tried on a connection that turns out not to be named yet.
+const SCAN_ATTEMPTS: u32 = 4;
+
+const CONNECTION_NAME_PREFIX: &str = "pushfan-run-";
+
+fn connection_name(run: RedisRunId) -> String {
+    let mut name = String::with_capacity(CONNECTION_NAME_PREFIX.len() + 2 * RedisRunId::LEN);
+    name.push_str(CONNECTION_NAME_PREFIX);
+    for byte in run.0 {
+        // Writing to a String cannot fail.
+        let _ = write!(name, "{byte:02x}");
+    }
+    name
+}
+
+fn run_of_name(name: &[u8]) -> Option<RedisRunId> {
+    let hex = std::str::from_utf8(name).ok()?.strip_prefix(CONNECTION_NAME_PREFIX)?;
+    RedisRunId::parse_hex(hex)
+}
+
+fn run_id_of(info: &str) -> Option<RedisRunId> {
+    info.lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .and_then(|hex| RedisRunId::parse_hex(hex.trim()))
 }
 
 fn id_args(ids: &[SubscriptionId]) -> Vec<&[u8]> {
@@ -694,11 +777,6 @@ impl SubscriptionStore for RedisStore {
     ) -> Result<ScanPage, StoreError> {
         let result = async {
             let shard = self.shards.check(shard)?;
-            let cursor = match cursor.0 {
-                CursorPosition::Start => 0,
-                CursorPosition::Redis(cursor) => cursor,
-                CursorPosition::After(_) => return Err(StoreError::InvalidCursor),
-            };
             self.check_tenant(tenant).await?;
             self.scan(tenant, audience, shard, cursor, page_size).await
         }

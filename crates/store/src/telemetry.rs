@@ -3,6 +3,8 @@
 //!
 //! - `pushfan_store_imported_total`: subscriptions written by `import`
 //! - `pushfan_store_scanned_total`: subscriptions returned by `scan_shard`
+//! - `pushfan_store_scan_restarts_total`: shard scans started again from the shard's start
+//!   because the Redis server that issued their cursor restarted or the shard moved
 //! - `pushfan_store_removed_total`: subscriptions deleted by `remove`
 //! - `pushfan_store_retagged_total`: subscriptions whose topics `tag`/`untag` changed
 //! - `pushfan_store_outcomes_total`: delivery outcomes recorded
@@ -14,6 +16,7 @@ use crate::error::StoreError;
 
 pub(crate) const IMPORTED: &str = "pushfan_store_imported_total";
 pub(crate) const SCANNED: &str = "pushfan_store_scanned_total";
+pub(crate) const SCAN_RESTARTS: &str = "pushfan_store_scan_restarts_total";
 pub(crate) const REMOVED: &str = "pushfan_store_removed_total";
 pub(crate) const RETAGGED: &str = "pushfan_store_retagged_total";
 pub(crate) const OUTCOMES: &str = "pushfan_store_outcomes_total";
