@@ -261,7 +261,7 @@ impl RedisStore {
                 Connection::Cluster(client.get_async_connection().await?)
             }
         };
-        Ok(Self {
+        let store = Self {
             connection,
             shards: config.shards,
             max_in_flight: config.max_in_flight.max(1),
@@ -272,7 +272,14 @@ impl RedisStore {
             pauses_script: Script::new(PAUSES_SCRIPT),
             ledger_scripts: ledger::Scripts::new(),
             checked_tenants: Mutex::new(HashSet::new()),
-        })
+        };
+        if let Connection::Single(_) = store.connection {
+            // Named now, the first scans (many shards at once) need not each read a page on
+            // an unnamed connection, discard it and name the connection. A cluster's node
+            // connections open as they are needed, and are named at their first scan.
+            store.name_connection(keys::ORIGIN_PAUSES).await?;
+        }
+        Ok(store)
     }
 
     fn connection(&self) -> Connection {
