@@ -10,14 +10,15 @@ use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use pushfan_gateway::{
-    Delivery, FailureClass, FinalOutcome, Gateway, GatewayConfig, Message, Pending, Progress, Report,
-    RetryPolicy,
+    FailureClass, FinalOutcome, Gateway, GatewayConfig, Message, Pending, Progress, Report, RetryPolicy,
 };
 use pushfan_pushsim::{Burst, FaultPlan, Population, PushSim, PushSimConfig, Selection};
-use pushfan_webpush::{encrypt, Backend, ContentEncoding, EgressPolicy, Padding};
+use pushfan_webpush::{ContentEncoding, EgressPolicy};
 
 mod common;
-use common::{deliveries, fast_retries, gateway, message, rfc8030_faults, send, start, PAYLOAD};
+use common::{
+    deliveries, encrypted_for, fast_retries, gateway, message, rfc8030_faults, send, start, PAYLOAD,
+};
 
 #[tokio::test]
 async fn every_subscriber_gets_exactly_one_verified_message_over_tls_and_h2c() {
@@ -267,20 +268,7 @@ async fn an_origin_without_http2_falls_back_to_http1_over_tls() {
     })
     .unwrap();
     let population = Population::new(7u64, 30).with_origins(&[format!("https://{addr}")]).unwrap();
-    let deliveries = (0..30)
-        .map(|i| {
-            let keys = population.keys(i);
-            let push = encrypt(
-                Backend::AwsLc,
-                keys.subscription_keys(),
-                ContentEncoding::Aes128gcm,
-                PAYLOAD,
-                &Padding::None,
-            )
-            .unwrap();
-            Delivery { tag: i, endpoint: population.endpoint(i).unwrap(), push }
-        })
-        .collect();
+    let deliveries = (0..30).map(|i| encrypted_for(&population, i, ContentEncoding::Aes128gcm)).collect();
     let reports = send(&gateway, &message(60), deliveries).await;
     assert!(reports.iter().all(|r| r.outcome == FinalOutcome::Accepted), "{reports:?}");
     assert_eq!(served.load(Ordering::Relaxed), 30);

@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use pushfan_gateway::{Delivery, FailureClass, Gateway, GatewayConfig, Report, RetryPolicy};
+use pushfan_gateway::{FailureClass, Gateway, GatewayConfig, Report, RetryPolicy};
 use pushfan_pushsim::Population;
-use pushfan_webpush::{encrypt, Backend, ContentEncoding, EgressPolicy, Padding};
+use pushfan_webpush::{ContentEncoding, EgressPolicy};
 
 #[allow(dead_code)]
 mod common;
-use common::{message, PAYLOAD};
+use common::{encrypted_for, message};
 
 #[tokio::test]
 async fn a_push_service_that_is_down_is_counted_as_connect_failures() {
@@ -36,19 +36,9 @@ async fn a_push_service_that_is_down_is_counted_as_connect_failures() {
     })
     .unwrap();
     let population = Population::new(42u64, 1).with_origins(&[format!("http://127.0.0.1:{port}")]).unwrap();
-    let keys = population.keys(0);
-    let push = encrypt(
-        Backend::AwsLc,
-        keys.subscription_keys(),
-        ContentEncoding::Aes128gcm,
-        PAYLOAD,
-        &Padding::None,
-    )
-    .unwrap();
-    let endpoint = population.endpoint(0).unwrap();
+    let delivery = encrypted_for(&population, 0, ContentEncoding::Aes128gcm);
     let message = message(60);
-    let reports: Vec<Report<u64>> =
-        gateway.send_all(&message, vec![Delivery { tag: 0, endpoint, push }]).collect().await;
+    let reports: Vec<Report<u64>> = gateway.send_all(&message, vec![delivery]).collect().await;
     assert_eq!(reports[0].outcome.class(), Some(FailureClass::TransportConnect), "{:?}", reports[0]);
     assert_eq!(reports[0].attempts, 2);
 

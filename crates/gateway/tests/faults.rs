@@ -12,12 +12,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use pushfan_gateway::{Delivery, FailureClass, FinalOutcome, Gateway, GatewayConfig, Report, RetryPolicy};
 use pushfan_pushsim::Population;
-use pushfan_webpush::{encrypt, Backend, ContentEncoding, EgressPolicy, Padding};
+use pushfan_webpush::{ContentEncoding, EgressPolicy};
 use tokio::net::TcpListener;
 
 #[allow(dead_code)]
 mod common;
-use common::{message, PAYLOAD};
+use common::{encrypted_for, message};
 
 fn gateway(egress: EgressPolicy, h2c: bool) -> Gateway {
     Gateway::new(GatewayConfig {
@@ -36,16 +36,7 @@ fn gateway(egress: EgressPolicy, h2c: bool) -> Gateway {
 /// A delivery of the test payload to `{base}/push/{tag}`, encrypted for a simulated subscriber.
 fn delivery(tag: u64, base: &str) -> Delivery<u64> {
     let population = Population::new(42u64, tag + 1).with_origins(&[base]).unwrap();
-    let keys = population.keys(tag);
-    let push = encrypt(
-        Backend::AwsLc,
-        keys.subscription_keys(),
-        ContentEncoding::Aes128gcm,
-        PAYLOAD,
-        &Padding::None,
-    )
-    .unwrap();
-    Delivery { tag, endpoint: population.endpoint(tag).unwrap(), push }
+    encrypted_for(&population, tag, ContentEncoding::Aes128gcm)
 }
 
 async fn send(gateway: &Gateway, deliveries: Vec<Delivery<u64>>) -> Vec<Report<u64>> {

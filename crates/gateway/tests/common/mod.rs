@@ -24,13 +24,17 @@ pub(crate) fn message(ttl: u32) -> Message {
 pub(crate) fn deliveries(sim: &PushSimHandle, count: u64) -> Vec<Delivery<u64>> {
     (0..count)
         .map(|i| {
-            let keys = sim.population().keys(i);
             let encoding = if i % 5 == 4 { ContentEncoding::Aesgcm } else { ContentEncoding::Aes128gcm };
-            let push =
-                encrypt(Backend::AwsLc, keys.subscription_keys(), encoding, PAYLOAD, &Padding::None).unwrap();
-            Delivery { tag: i, endpoint: sim.population().endpoint(i).unwrap(), push }
+            encrypted_for(sim.population(), i, encoding)
         })
         .collect()
+}
+
+/// The test payload for `population`'s subscriber `tag`, encrypted with `encoding`.
+pub(crate) fn encrypted_for(population: &Population, tag: u64, encoding: ContentEncoding) -> Delivery<u64> {
+    let keys = population.keys(tag);
+    let push = encrypt(Backend::AwsLc, keys.subscription_keys(), encoding, PAYLOAD, &Padding::None).unwrap();
+    Delivery { tag, endpoint: population.endpoint(tag).unwrap(), push }
 }
 
 pub(crate) async fn start(count: u64, tls: bool, faults: FaultPlan) -> PushSimHandle {
